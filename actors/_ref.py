@@ -1,0 +1,181 @@
+"""Actor references: what callers hold. The actor object itself stays private."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ActorDeadError, AskTimeoutError
+
+if TYPE_CHECKING:
+    from ._actor import Actor, ActorFactory
+    from ._supervision import RestartWindow, SupervisorStrategy
+    from ._system import ActorSystem
+
+
+class Ask:
+    """The envelope of an ``ask``: the message and where its reply goes."""
+
+    __slots__ = ("message", "reply")
+
+    def __init__(self, message: Any, reply: Reply) -> None:
+        self.message = message
+        self.reply = reply
+
+
+class Reply:
+    """The answer channel of one ``ask``; an actor may keep it and answer later."""
+
+    __slots__ = ("_future", "_owner")
+
+    def __init__(self, future: asyncio.Future[Any] | None) -> None:
+        self._future = future
+        self._owner: ActorRef | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._future is None or self._future.done()
+
+    def send(self, value: Any) -> None:
+        """Answer the asker (a no-op if it gave up waiting)."""
+        fut = self._future
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+        self._release()
+
+    def fail(self, exc: BaseException) -> None:
+        """Raise ``exc`` in the asker (a no-op if it gave up waiting)."""
+        fut = self._future
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+        self._release()
+
+    def _release(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            if owner._deferred is not None:
+                owner._deferred.discard(self)
+
+
+NO_REPLY = Reply(None)
+"""The reply of a ``tell``: answering it does nothing."""
+
+
+class ActorRef:
+    """A handle on an actor: ``tell`` and ``ask`` it, ``stop`` it, nothing more.
+
+    The reference also carries the actor's kernel bookkeeping (parent, children,
+    restart window) so that a short-lived actor costs two small objects.
+    """
+
+    __slots__ = (
+        "_actor",
+        "_alive",
+        "_children",
+        "_deferred",
+        "_factory",
+        "_parent",
+        "_stop_requested",
+        "_strategy",
+        "_system",
+        "_window",
+        "name",
+    )
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        factory: ActorFactory,
+        name: str,
+        parent: ActorRef | None,
+    ) -> None:
+        self.name = name
+        self._system = system
+        self._factory = factory
+        self._actor: Actor | None = None
+        self._alive = True
+        self._stop_requested = False
+        self._parent = parent
+        self._children: dict[int, ActorRef] | None = None
+        self._window: RestartWindow | None = None
+        self._deferred: set[Reply] | None = None
+        self._strategy: SupervisorStrategy | None = None
+
+    def __repr__(self) -> str:
+        state = "alive" if self._alive else "stopped"
+        return f"<ActorRef {self.name} {state}>"
+
+    @property
+    def is_alive(self) -> bool:
+        return self._alive
+
+    def tell(self, message: Any) -> None:
+        """Deliver ``message`` in arrival order; never blocks, never raises.
+
+        A message to a stopped actor is counted as a dead letter.
+        """
+        system = self._system
+        if self._alive:
+            system._queue.append((self, message))
+            if not system._scheduled:
+                system._arm()
+        else:
+            system.dead_letters += 1
+
+    async def ask(self, message: Any, *, timeout: float | None = None) -> Any:
+        """Send ``message`` and wait for the reply (the value ``receive`` returns).
+
+        Raises :class:`ActorDeadError` if the actor is or gets stopped before it
+        answers, :class:`AskTimeoutError` after ``timeout`` seconds, and whatever
+        ``receive`` raised if it failed on this message.
+        """
+        if not self._alive:
+            raise ActorDeadError(
+                f"{self.name} is stopped: it cannot answer {type(message).__name__}"
+            )
+        system = self._system
+        future: asyncio.Future[Any] = system.loop.create_future()
+        self.tell(Ask(message, Reply(future)))
+        if timeout is None:
+            return await future
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise AskTimeoutError(
+                f"{self.name} did not answer {type(message).__name__} within {timeout} s"
+            ) from None
+
+    def stop(self) -> None:
+        """Ask the actor to stop, ahead of its pending messages (which become dead letters)."""
+        if self._alive and not self._stop_requested:
+            self._stop_requested = True
+            self._system._stop_soon(self)
+
+    # kernel internals -------------------------------------------------------
+
+    def _adopt(self, child: ActorRef) -> None:
+        if self._children is None:
+            self._children = {}
+        self._children[id(child)] = child
+
+    def _disown(self, child: ActorRef) -> None:
+        if self._children is not None:
+            self._children.pop(id(child), None)
+
+    def _defer(self, reply: Reply) -> Reply:
+        if reply is NO_REPLY:
+            return reply
+        if self._deferred is None:
+            self._deferred = set()
+        self._deferred.add(reply)
+        reply._owner = self
+        return reply
+
+    def _fail_deferred(self) -> None:
+        if self._deferred:
+            pending, self._deferred = self._deferred, None
+            for reply in pending:
+                reply._owner = None
+                reply.fail(ActorDeadError(f"{self.name} stopped before it answered"))

@@ -1,0 +1,1 @@
+"""stint's benchmarks: ``python -m bench`` (see docs/performance.md)."""

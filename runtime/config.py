@@ -1,0 +1,146 @@
+"""Function configuration: every key, its default and its allowed range, checked at registration."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+
+KINDS = ("async",)
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+
+Hook = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FunctionConfig:
+    """The settings of one registered function (see docs/lifecycle.md for each key)."""
+
+    kind: str = "async"
+    max_retries: int = 3
+    max_event_age: float | None = None
+    timeout: float = 60.0
+    concurrency: int = 1
+    max_instances: int = 10
+    min_instances: int = 0
+    idle_timeout: float = 300.0
+    freeze_after: float = 0.0
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 60.0
+    max_queued: int = 100_000
+    initializer: Hook | None = None
+    pre_freeze: Hook | None = None
+    pre_stop: Hook | None = None
+    initializer_timeout: float = 30.0
+    pre_freeze_timeout: float = 10.0
+    pre_stop_timeout: float = 10.0
+
+
+_FIELDS = {f.name for f in dataclasses.fields(FunctionConfig)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """A registered function: its name, its handler and its validated configuration."""
+
+    name: str
+    handler: Callable[..., Any]
+    config: FunctionConfig
+
+
+def make_spec(name: str, handler: Callable[..., Any], options: dict[str, Any]) -> FunctionSpec:
+    """Validate a registration and return its spec, or raise :class:`ConfigError`."""
+    check_name(name)
+    unknown = sorted(set(options) - _FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown configuration key(s) {', '.join(unknown)} for function {name!r}; "
+            f"valid keys are: {', '.join(sorted(_FIELDS))}"
+        )
+    config = FunctionConfig(**options)
+    _check_config(config)
+    _check_handler(name, handler, config.kind)
+    return FunctionSpec(name, handler, config)
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            f"function name {name!r} is not valid: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or '_'"
+        )
+
+
+def _check_config(c: FunctionConfig) -> None:
+    if c.kind not in KINDS:
+        raise ConfigError(f"kind={c.kind!r} is not supported; allowed: {', '.join(KINDS)}")
+    _int_in("max_retries", c.max_retries, 0, 8)
+    _int_in("concurrency", c.concurrency, 1, 10_000)
+    _int_in("max_instances", c.max_instances, 1, 10_000)
+    _int_in("min_instances", c.min_instances, 0, c.max_instances)
+    _int_in("max_queued", c.max_queued, 1, 100_000_000)
+    if c.max_event_age is not None:
+        _seconds("max_event_age", c.max_event_age, positive=True, extra=" or None (never expires)")
+    _seconds("timeout", c.timeout, positive=True)
+    _seconds("idle_timeout", c.idle_timeout, positive=True)
+    _seconds("freeze_after", c.freeze_after, positive=False)
+    _seconds("retry_backoff", c.retry_backoff, positive=False)
+    _seconds("retry_backoff_max", c.retry_backoff_max, positive=False)
+    if c.retry_backoff_max < c.retry_backoff:
+        raise ConfigError(
+            f"retry_backoff_max={c.retry_backoff_max} is below retry_backoff={c.retry_backoff}; "
+            "it must be >= retry_backoff"
+        )
+    for key in ("initializer_timeout", "pre_freeze_timeout", "pre_stop_timeout"):
+        _seconds(key, getattr(c, key), positive=True)
+    for key in ("initializer", "pre_freeze", "pre_stop"):
+        hook = getattr(c, key)
+        if hook is not None and not callable(hook):
+            raise ConfigError(
+                f"{key} must be a callable taking the instance context, or None; "
+                f"got {type(hook).__name__}"
+            )
+
+
+def _int_in(key: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(
+            f"{key}={value!r} is out of range: it must be an integer from {low} to {high}"
+        )
+
+
+def _seconds(key: str, value: object, *, positive: bool, extra: str = "") -> None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(
+            f"{key}={value!r} is out of range: it must be a number of seconds {bound}{extra}"
+        )
+
+
+def is_coroutine_callable(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _check_handler(name: str, handler: Callable[..., Any], kind: str) -> None:
+    if not callable(handler):
+        raise ConfigError(f"the handler of {name!r} must be callable, got {type(handler).__name__}")
+    if kind == "async" and not is_coroutine_callable(handler):
+        raise ConfigError(
+            f"the handler of {name!r} is not a coroutine function, but kind='async' awaits it "
+            "on the event loop; write it as 'async def', or register a blocking function "
+            "with kind='thread'"
+        )

@@ -1,0 +1,54 @@
+"""What handlers and hooks receive: the task context and the instance context."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class InstanceContext:
+    """Passed to Initializer / PreFreeze / PreStop, and reachable from every task.
+
+    ``state`` lives exactly as long as the instance: put a connection pool or a
+    loaded model there in the Initializer and use it from every task it serves.
+    """
+
+    __slots__ = ("function", "instance_id", "kind", "state")
+
+    def __init__(self, instance_id: str, function: str, kind: str) -> None:
+        self.instance_id = instance_id
+        self.function = function
+        self.kind = kind
+        self.state: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<InstanceContext {self.instance_id} of {self.function}>"
+
+
+class TaskContext:
+    """The second argument of every handler call: which task, which attempt, how long."""
+
+    __slots__ = ("attempt", "deadline", "function", "instance", "task_id")
+
+    def __init__(
+        self,
+        task_id: str,
+        function: str,
+        attempt: int,
+        deadline: float,
+        instance: InstanceContext,
+    ) -> None:
+        self.task_id = task_id
+        self.function = function
+        #: 1 for the first attempt, 2 for the first retry, ...
+        self.attempt = attempt
+        #: Epoch seconds after which this attempt counts as timed out.
+        self.deadline = deadline
+        self.instance = instance
+
+    def remaining(self) -> float:
+        """Seconds left before the attempt's deadline (never negative)."""
+        return max(0.0, self.deadline - time.time())
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.task_id} attempt {self.attempt}>"

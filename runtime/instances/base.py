@@ -1,0 +1,209 @@
+"""What every instance kind shares: slots, bookkeeping, hooks; and the interface the pool uses."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from ..context import InstanceContext, TaskContext
+from ..hooks import call_hook
+from ..messages import HookDone, InstanceStarted
+from ..states import InstanceState
+
+if TYPE_CHECKING:
+    from actors import ActorRef, Clock
+
+    from ..config import FunctionSpec
+    from ..hooks import BackgroundTasks
+
+logger = logging.getLogger("stint")
+
+
+class Attempt:
+    """One run of a handler for one task, handed to an instance slot."""
+
+    __slots__ = ("context", "deadline", "event", "number", "task")
+
+    def __init__(
+        self, task: ActorRef, number: int, event: Any, context: TaskContext, deadline: float
+    ) -> None:
+        self.task = task
+        self.number = number
+        self.event = event
+        self.context = context
+        self.deadline = deadline  # monotonic, checked by the lifecycle sweep
+
+
+class Slot:
+    """Room for one task on an instance (an instance has ``concurrency`` of them)."""
+
+    __slots__ = ("attempt", "index", "instance", "reserved_by")
+
+    def __init__(self, instance: Instance, index: int) -> None:
+        self.instance = instance
+        self.index = index
+        self.reserved_by: ActorRef | None = None  # the task that owns the slot
+        self.attempt: Attempt | None = None  # the attempt running in it
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.instance.instance_id}/{self.index}>"
+
+
+class InstanceEvent(NamedTuple):
+    event: str
+    timestamp: float
+    detail: str
+
+
+class InstanceInfo(NamedTuple):
+    """What ``rt.instances(name)`` reports of one instance."""
+
+    instance_id: str
+    function: str
+    kind: str
+    state: InstanceState
+    in_flight: int
+    created_at: float
+    last_used_at: float
+    tasks_served: int
+    events: tuple[InstanceEvent, ...]
+
+
+class Instance:
+    """A warm copy of a function: it runs the Initializer once, then up to ``concurrency`` tasks.
+
+    The pool actor owns it and calls these methods from ``receive`` only; anything
+    that waits (hooks, handlers) runs in background tasks and reports back to the
+    pool as a message.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        instance_id: str,
+        pool: ActorRef,
+        clock: Clock,
+        background: BackgroundTasks,
+    ) -> None:
+        self.spec = spec
+        self.instance_id = instance_id
+        self.pool = pool
+        self.clock = clock
+        self.background = background
+        self.context = InstanceContext(instance_id, spec.name, self.kind)
+        self.state = InstanceState.STARTING
+        self.slots = [Slot(self, i) for i in range(spec.config.concurrency)]
+        self.in_flight = 0
+        self.tasks_served = 0
+        self.created_at = clock.time()
+        self.last_used = clock.monotonic()
+        self.last_used_at = self.created_at
+        self.hook_running: str | None = None  # "pre_freeze" / "pre_stop" while one runs
+        self.stop_reason = ""
+        self.events: deque[InstanceEvent] = deque(maxlen=64)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.instance_id} {self.state}>"
+
+    @property
+    def accepting(self) -> bool:
+        """True when a free slot of this instance may take a task now."""
+        return self.hook_running is None and self.state in _ACCEPTING
+
+    def note(self, event: str, detail: str = "", *, warn: bool = False) -> None:
+        self.events.append(InstanceEvent(event, self.clock.time(), detail))
+        log = logger.warning if warn else logger.debug
+        log("instance %s: %s %s", self.instance_id, event, detail)
+
+    def info(self) -> InstanceInfo:
+        return InstanceInfo(
+            self.instance_id,
+            self.spec.name,
+            self.kind,
+            self.state,
+            self.in_flight,
+            self.created_at,
+            self.last_used_at,
+            self.tasks_served,
+            tuple(self.events),
+        )
+
+    def touch(self) -> None:
+        self.last_used = self.clock.monotonic()
+        self.last_used_at = self.clock.time()
+
+    # the lifecycle, driven by the pool ------------------------------------------
+
+    def start(self) -> None:
+        """Run the Initializer (if any); the pool hears ``InstanceStarted`` when it is done."""
+        hook = self.spec.config.initializer
+        if hook is None:
+            self.pool.tell(InstanceStarted(self, None))
+            return
+        self.note("initializer", "started")
+        self._in_background(self._initialize(hook), "initializer")
+
+    def freeze(self) -> None:
+        """Run PreFreeze, then freeze; the pool hears ``HookDone('pre_freeze')``."""
+        self._run_hook(
+            "pre_freeze", self.spec.config.pre_freeze, self.spec.config.pre_freeze_timeout
+        )
+
+    def stop(self, reason: str) -> None:
+        """Run PreStop; the pool hears ``HookDone('pre_stop')`` and then calls :meth:`destroy`."""
+        self.state = InstanceState.STOPPING
+        self.stop_reason = reason
+        self.note("stopping", reason)
+        self._run_hook("pre_stop", self.spec.config.pre_stop, self.spec.config.pre_stop_timeout)
+
+    def _run_hook(self, name: str, hook: Callable[[Any], Any] | None, timeout: float) -> None:
+        self.hook_running = name
+        if hook is None:
+            self.pool.tell(HookDone(self, name, None))
+            return
+        self._in_background(self._hook(name, hook, timeout), name)
+
+    async def _initialize(self, hook: Callable[[Any], Any]) -> None:
+        error = await call_hook(
+            hook, self.context, "initializer", self.spec.config.initializer_timeout
+        )
+        self.pool.tell(InstanceStarted(self, error))
+
+    async def _hook(self, name: str, hook: Callable[[Any], Any], timeout: float) -> None:
+        error = await call_hook(hook, self.context, name, timeout)
+        self.pool.tell(HookDone(self, name, error))
+
+    def _in_background(self, coro: Any, what: str) -> None:
+        self.background.start(coro, name=f"stint-{what}-{self.instance_id}")
+
+    # what each kind implements ----------------------------------------------------
+
+    def activate(self) -> None:
+        """The Initializer succeeded: get ready to run tasks."""
+        raise NotImplementedError
+
+    def run(self, slot: Slot, attempt: Attempt) -> None:
+        """Start ``attempt`` in ``slot``; report ``AttemptFinished`` to the task and
+        ``SlotFree`` to the pool when it ends."""
+        raise NotImplementedError
+
+    def interrupt(self, slot: Slot, reason: str) -> None:
+        """Cut the attempt in ``slot`` short (``reason``: stop, restart, timeout, close)."""
+        raise NotImplementedError
+
+    def frozen(self) -> None:
+        """PreFreeze is done: actually freeze (a no-op where there is nothing to pause)."""
+
+    def thaw(self) -> None:
+        """Resume a frozen instance before it takes a task."""
+
+    def destroy(self) -> None:
+        """Tear the instance down at once (PreStop, if due, has already run)."""
+        raise NotImplementedError
+
+
+_ACCEPTING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FROZEN})

@@ -1,0 +1,127 @@
+"""Task records: everything stint knows about one task, as users read it."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple
+
+from . import codec
+from .states import TaskState
+
+
+class TaskEvent(NamedTuple):
+    """One entry of a task's history: the state entered, when (epoch seconds), and why."""
+
+    status: TaskState
+    timestamp: float
+    detail: str
+
+
+class ErrorInfo(NamedTuple):
+    """The error of a task's last failed attempt (or why it is Invalid)."""
+
+    type: str
+    message: str
+    traceback: str
+
+
+class TaskRecord:
+    """One task: identity, payload, status, result or error, attempts and full history.
+
+    Payload and result are kept msgpack-encoded (encoded once, by ``invoke`` and by
+    the instance that ran the handler) and decoded when read, which keeps a
+    retained record small and nearly invisible to the garbage collector.
+    """
+
+    __slots__ = (
+        "_payload",
+        "_result",
+        "attempts",
+        "created_at",
+        "ended_at",
+        "error",
+        "events",
+        "function",
+        "instance_id",
+        "retries",
+        "started_at",
+        "status",
+        "task_id",
+    )
+
+    def __init__(self, task_id: str, function: str, payload: bytes, created_at: float) -> None:
+        self.task_id = task_id
+        self.function = function
+        self.status = TaskState.ENQUEUED
+        self._payload = payload
+        self._result: bytes | None = None
+        self.error: ErrorInfo | None = None
+        self.attempts = 0
+        self.retries = 0
+        self.created_at = created_at
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.instance_id: str | None = None
+        self.events: list[TaskEvent] = [TaskEvent(TaskState.ENQUEUED, created_at, "accepted")]
+
+    def __repr__(self) -> str:
+        return f"<TaskRecord {self.task_id} {self.function} {self.status}>"
+
+    @property
+    def payload(self) -> Any:
+        return codec.decode(self._payload)
+
+    @property
+    def payload_bytes(self) -> bytes:
+        return self._payload
+
+    @property
+    def result(self) -> Any:
+        return None if self._result is None else codec.decode(self._result)
+
+    @property
+    def result_bytes(self) -> bytes | None:
+        return self._result
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def copy(self) -> TaskRecord:
+        """A snapshot that later transitions do not change."""
+        clone = TaskRecord.__new__(TaskRecord)
+        for name in TaskRecord.__slots__:
+            setattr(clone, name, getattr(self, name))
+        clone.events = list(self.events)
+        return clone
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view (bytes inside payload or result become base64)."""
+        return {
+            "task_id": self.task_id,
+            "function": self.function,
+            "status": str(self.status),
+            "payload": _jsonable(self.payload),
+            "result": _jsonable(self.result),
+            "error": None if self.error is None else self.error._asdict(),
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "instance_id": self.instance_id,
+            "events": [
+                {"status": str(e.status), "timestamp": e.timestamp, "detail": e.detail}
+                for e in self.events
+            ],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,52 @@
+"""What the runtime and its actors share about each registered function."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors import ActorRef, Clock
+
+    from .config import FunctionSpec
+    from .hooks import BackgroundTasks
+    from .record import TaskRecord
+    from .stores.base import Store
+
+
+class FunctionEntry:
+    """One registration: its spec, its pool, and two counters read without a message.
+
+    ``queued`` (accepted and not yet taken by the pool) is raised by ``invoke``
+    and lowered by the pool; ``live`` (not yet terminal) is raised by ``invoke``
+    and lowered when a task ends. Both are touched only on the loop thread.
+    """
+
+    __slots__ = ("live", "pool", "queued", "spec")
+
+    def __init__(self, spec: FunctionSpec) -> None:
+        self.spec = spec
+        self.pool: ActorRef | None = None
+        self.queued = 0
+        self.live = 0
+
+
+class Services:
+    """What runtime actors need from their runtime, handed to them at creation."""
+
+    __slots__ = ("background", "clock", "random", "store", "task_finished")
+
+    def __init__(
+        self,
+        clock: Clock,
+        store: Store,
+        background: BackgroundTasks,
+        task_finished: Callable[[TaskRecord, FunctionEntry], None],
+        rng: random.Random,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.background = background
+        self.task_finished = task_finished
+        self.random = rng

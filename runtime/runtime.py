@@ -1,0 +1,430 @@
+"""The public face of stint: :class:`Runtime`."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import logging
+import random
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from actors import ActorDeadError, ActorRef, ActorSystem, Clock, SystemClock
+
+from . import codec
+from .config import FunctionSpec, check_name, make_spec
+from .errors import (
+    ConfigError,
+    FunctionNotFoundError,
+    QueueFullError,
+    RuntimeClosedError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+)
+from .hooks import BackgroundTasks
+from .ids import TaskIdGenerator, check_task_id
+from .instances import InstanceInfo
+from .messages import (
+    AddFunction,
+    DescribeInstances,
+    Drain,
+    Interrupt,
+    RemoveFunction,
+    RequestStop,
+    Shutdown,
+    Submit,
+)
+from .pool import InstancePoolActor
+from .record import TaskRecord
+from .registry import FunctionEntry, Services
+from .states import FINISHED, TaskState
+from .stores import Store, open_store
+from .supervisor import SupervisorActor
+from .task_actor import TaskActor
+
+logger = logging.getLogger("stint")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Runtime:
+    """Registers functions, accepts tasks, runs them on warm instances, tracks every state.
+
+    Use it as ``async with Runtime() as rt:`` (or ``await rt.start()`` and
+    ``await rt.close()``) inside a running event loop; uvloop is not required
+    but is what ``runtime.loop.run`` and the ``stint`` command use.
+    """
+
+    def __init__(
+        self,
+        store: str = "memory://",
+        *,
+        max_payload_bytes: int = 128 * 1024,
+        clock: Clock | None = None,
+        tick_interval: float = 0.05,
+        close_timeout: float = 30.0,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
+            raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
+        if not tick_interval > 0 or not close_timeout >= 0:
+            raise ConfigError("tick_interval must be > 0 seconds and close_timeout >= 0 seconds")
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.max_payload_bytes = max_payload_bytes
+        self.tick_interval = tick_interval
+        self.close_timeout = close_timeout
+        self._store: Store = open_store(store, self.clock)
+        self._random = random.Random(seed)
+        self._functions: dict[str, FunctionEntry] = {}
+        self._pools: list[ActorRef] = []  # every pool ever started, retiring ones included
+        self._live: dict[str, ActorRef] = {}  # task id -> actor, while the task is not terminal
+        self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
+        self._join_waiters: list[tuple[str | None, asyncio.Future[None]]] = []
+        self._new_id = TaskIdGenerator()
+        self._background = BackgroundTasks()
+        self._system: ActorSystem | None = None
+        self._supervisor: ActorRef | None = None
+        self._services: Services | None = None
+        self._state = "new"  # new -> started -> closing -> closed
+
+    # lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._state == "started"
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def actor_system(self) -> ActorSystem | None:
+        """The kernel underneath (for introspection: dead letters, failures)."""
+        return self._system
+
+    async def start(self) -> None:
+        """Open the store and start the supervisor and one pool per registered function."""
+        if self._state != "new":
+            raise RuntimeClosedError(
+                f"this runtime is {self._state}; create a new Runtime to start again"
+            )
+        self._system = ActorSystem(clock=self.clock)
+        await self._store.open()
+        self._services = Services(
+            self.clock, self._store, self._background, self._task_finished, self._random
+        )
+        self._supervisor = self._system.spawn(
+            functools.partial(SupervisorActor, self.tick_interval), name="supervisor"
+        )
+        self._state = "started"
+        for entry in self._functions.values():
+            self._start_pool(entry)
+        self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
+
+    async def close(self) -> None:
+        """Stop accepting tasks, let running ones finish (up to ``close_timeout``), run
+        PreStop on every instance, and stop every actor and background task."""
+        if self._state in ("closing", "closed"):
+            return
+        if self._state == "new":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        pools = [pool for pool in self._pools if pool.is_alive]
+        if not await self._ask_all(pools, Drain, self.close_timeout):
+            for pool in pools:
+                pool.tell(Interrupt())
+            await self._ask_all(pools, Drain, 5.0)
+        longest_pre_stop = max(
+            (e.spec.config.pre_stop_timeout for e in self._functions.values()), default=0
+        )
+        await self._ask_all(pools, Shutdown, longest_pre_stop + 5.0)
+        await self._background.wait(timeout=1.0)
+        assert self._system is not None
+        self._system.close()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        RuntimeClosedError("the runtime closed before the task ended")
+                    )
+        self._waiters.clear()
+        self._live.clear()
+        for _, joiner in self._join_waiters:
+            if not joiner.done():
+                joiner.set_exception(RuntimeClosedError("the runtime closed before it was idle"))
+        await self._store.close()
+        self._state = "closed"
+
+    async def _ask_all(self, pools: list[ActorRef], message: type[Any], timeout: float) -> bool:
+        asks = [pool.ask(message()) for pool in pools if pool.is_alive]
+        if not asks:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*asks, return_exceptions=True)
+        except TimeoutError:
+            return False
+        return True
+
+    def _maintain(self) -> None:
+        dropped = self._store.evict()
+        if dropped:
+            logger.debug("retention dropped %d terminal records", dropped)
+        if self._state == "started" and self._system is not None:
+            self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
+
+    # registration ---------------------------------------------------------------------
+
+    def register(self, name: str, handler: Callable[..., Any], **config: Any) -> None:
+        """Register ``handler`` under ``name`` (before or after ``start``).
+
+        Raises :class:`ConfigError` for a bad name, key or value, or a name already in use.
+        """
+        spec = make_spec(name, handler, config)
+        if name in self._functions:
+            raise ConfigError(
+                f"a function named {name!r} is already registered; unregister it first"
+            )
+        if self._state in ("closing", "closed"):
+            raise RuntimeClosedError("the runtime is closed: register functions on a new Runtime")
+        entry = FunctionEntry(spec)
+        self._functions[name] = entry
+        if self._state == "started":
+            self._start_pool(entry)
+
+    def function(self, name: str | None = None, **config: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`; returns the function unchanged."""
+
+        def decorate(fn: F) -> F:
+            self.register(name if name is not None else fn.__name__, fn, **config)
+            return fn
+
+        return decorate
+
+    def unregister(self, name: str) -> None:
+        """Remove a function: its queued tasks become Invalid, running ones finish."""
+        check_name(name)
+        entry = self._functions.pop(name, None)
+        if entry is None:
+            raise FunctionNotFoundError(self._not_found(name))
+        if self._supervisor is not None and self._state == "started":
+            self._supervisor.tell(RemoveFunction(name))
+
+    @property
+    def functions(self) -> dict[str, FunctionSpec]:
+        return {name: entry.spec for name, entry in self._functions.items()}
+
+    def _start_pool(self, entry: FunctionEntry) -> None:
+        assert self._system is not None and self._supervisor is not None and self._services
+        entry.pool = self._system.spawn(
+            functools.partial(InstancePoolActor, entry.spec, entry, self._services),
+            name=f"pool:{entry.spec.name}",
+            parent=self._supervisor,
+        )
+        self._pools.append(entry.pool)
+        self._supervisor.tell(AddFunction(entry.spec, entry))
+
+    # tasks ------------------------------------------------------------------------------
+
+    async def invoke(self, name: str, payload: Any = None, *, task_id: str | None = None) -> str:
+        """Accept a task for ``name``; returns its id once it is stored as Enqueued."""
+        if self._state != "started":
+            raise self._closed_error()
+        entry = self._functions.get(name)
+        if entry is None:
+            raise FunctionNotFoundError(self._not_found(name))
+        data = codec.encode_payload(payload, self.max_payload_bytes)
+        task_id = self._new_id() if task_id is None else check_task_id(task_id)
+        config = entry.spec.config
+        if entry.queued >= config.max_queued:
+            raise QueueFullError(
+                f"function {name!r} already has {entry.queued} tasks waiting (max_queued="
+                f"{config.max_queued}); retry later, add capacity (max_instances, concurrency) "
+                "or raise max_queued"
+            )
+        clock = self.clock
+        record = TaskRecord(task_id, name, data, clock.time())
+        pending = self._store.add(record)
+        if pending is not None:
+            await pending
+        assert self._system is not None and self._services is not None and entry.pool is not None
+        ref = self._system.spawn(
+            functools.partial(TaskActor, record, entry, self._services),
+            name=task_id,
+            parent=self._supervisor,
+        )
+        self._live[task_id] = ref
+        entry.queued += 1
+        entry.live += 1
+        entry.pool.tell(Submit(ref, clock.monotonic()))
+        return task_id
+
+    def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
+        self._live.pop(record.task_id, None)
+        entry.live -= 1
+        self._store.finished(record)
+        if self._join_waiters and (entry.live == 0 or not self._live):
+            self._wake_joiners()
+        waiters = self._waiters.pop(record.task_id, None)
+        if waiters:
+            snapshot = record.copy()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(snapshot)
+
+    async def join(self, name: str | None = None, timeout: float | None = None) -> None:
+        """Wait until ``name`` (or every function, if None) has no unfinished task.
+
+        Tasks invoked while waiting count too. Raises :class:`WaitTimeoutError`.
+        """
+        if name is not None and name not in self._functions:
+            raise FunctionNotFoundError(self._not_found(name))
+        if self._idle(name):
+            return
+        if self._state != "started":
+            raise self._closed_error()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pair = (name, waiter)
+        self._join_waiters.append(pair)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            what = f"function {name!r}" if name else "the runtime"
+            raise WaitTimeoutError(f"{what} still has unfinished tasks after {timeout} s") from None
+        finally:
+            if pair in self._join_waiters:
+                self._join_waiters.remove(pair)
+
+    def _idle(self, name: str | None) -> bool:
+        if name is None:
+            return not self._live
+        return self._functions[name].live == 0
+
+    def _wake_joiners(self) -> None:
+        for name, waiter in self._join_waiters:
+            if not waiter.done() and (name not in self._functions or self._idle(name)):
+                waiter.set_result(None)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        """The task's record (a snapshot); raises :class:`TaskNotFoundError`."""
+        return (await self._record(task_id)).copy()
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+        """Wait until the task is terminal and return its record.
+
+        Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
+        """
+        record = await self._record(task_id)
+        if record.is_terminal:
+            return record.copy()
+        if self._state != "started":
+            raise self._closed_error()
+        waiter: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            raise WaitTimeoutError(
+                f"task {task_id} is still {record.status} after {timeout} s; wait longer, "
+                "or stop it with rt.stop"
+            ) from None
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    async def stop(self, task_id: str) -> TaskRecord:
+        """Stop a task; returns its record once Stopped.
+
+        A Running task's instance runs PreStop and is replaced first. Stopping a
+        Stopping or Stopped task is fine; a finished one raises :class:`TaskFinishedError`.
+        """
+        ref = self._live.get(task_id)
+        if ref is not None:
+            try:
+                result: TaskRecord = await ref.ask(RequestStop())
+                return result
+            except ActorDeadError:
+                pass  # it ended meanwhile, or the runtime closed: the record says which
+        record = await self._record(task_id)
+        if record.status is TaskState.STOPPED:
+            return record.copy()
+        if record.status in FINISHED:
+            from .task_actor import _finished_error
+
+            raise _finished_error(record)
+        raise self._closed_error()
+
+    async def list(
+        self,
+        function: str | None = None,
+        status: TaskState | str | None = None,
+        prefix: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskRecord]:
+        """Task records, newest first, filtered by function, status and id prefix."""
+        if status is not None:
+            try:
+                status = TaskState(status)
+            except ValueError:
+                raise ConfigError(
+                    f"unknown status {status!r}; use one of {', '.join(s.value for s in TaskState)}"
+                ) from None
+        if not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"limit={limit!r} must be an integer >= 0")
+        records = await self._store.list(
+            function=function, status=status, prefix=prefix, limit=limit
+        )
+        return [record.copy() for record in records]
+
+    async def instances(self, name: str) -> builtins.list[InstanceInfo]:
+        """What the pool of ``name`` holds: id, state, in-flight count, times, tasks served."""
+        entry = self._functions.get(name)
+        if entry is None:
+            raise FunctionNotFoundError(self._not_found(name))
+        if self._state != "started" or entry.pool is None:
+            raise self._closed_error()
+        result: builtins.list[InstanceInfo] = await entry.pool.ask(DescribeInstances())
+        return result
+
+    # helpers ----------------------------------------------------------------------------
+
+    async def _record(self, task_id: str) -> TaskRecord:
+        record = await self._store.get(task_id)
+        if record is None:
+            raise TaskNotFoundError(
+                f"no task with id {task_id!r}: check the id (rt.list shows recent ones); "
+                "finished tasks are dropped after the store's retention period"
+            )
+        return record
+
+    def _not_found(self, name: str) -> str:
+        known = ", ".join(sorted(self._functions)) or "none"
+        return f"no function named {name!r} is registered (registered: {known}); register it first"
+
+    def _closed_error(self) -> RuntimeClosedError:
+        if self._state == "new":
+            return RuntimeClosedError(
+                "the runtime is not started: use 'async with Runtime() as rt' or 'await rt.start()'"
+            )
+        return RuntimeClosedError(
+            f"the runtime is {self._state}; create a new Runtime to run tasks"
+        )

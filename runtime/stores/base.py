@@ -1,0 +1,56 @@
+"""The store interface: every task record goes through one of these."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Protocol
+
+from ..record import TaskRecord
+from ..states import TaskState
+
+
+class Store(Protocol):
+    """Where task records live. The runtime calls it only from the event loop thread.
+
+    ``add`` and ``update`` sit on the hot path, so they are plain calls: ``add``
+    returns None when the record is stored already (memory) or an awaitable that
+    completes once it is durable; ``update`` never waits (a durable store batches
+    it). Reads are coroutines because a durable store may have to go to disk.
+    """
+
+    url: str
+
+    async def open(self) -> list[TaskRecord]:
+        """Open the store; returns the unfinished records to recover (none for memory)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def add(self, record: TaskRecord) -> Awaitable[None] | None:
+        """Store a new Enqueued record; raises ``TaskExistsError`` if its id is taken."""
+        ...
+
+    def update(self, record: TaskRecord) -> None:
+        """The record changed (one transition appended); persist it when convenient."""
+        ...
+
+    def finished(self, record: TaskRecord) -> None:
+        """The record is terminal: from now on retention rules apply to it."""
+        ...
+
+    async def get(self, task_id: str) -> TaskRecord | None: ...
+
+    async def list(
+        self,
+        *,
+        function: str | None,
+        status: TaskState | None,
+        prefix: str | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        """Records matching every filter given, newest first, at most ``limit``."""
+        ...
+
+    def evict(self) -> int:
+        """Apply retention now; returns how many records were dropped."""
+        ...

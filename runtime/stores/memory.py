@@ -1,0 +1,104 @@
+"""The default store: records in a dict, bounded by retention so a service never grows forever."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from actors import Clock
+
+from ..errors import TaskExistsError
+from ..record import TaskRecord
+from ..states import TaskState
+
+DEFAULT_MAX_RECORDS = 100_000
+DEFAULT_MAX_AGE = 3600.0
+
+
+class MemoryStore:
+    """Records live as long as the process, and terminal ones only within retention.
+
+    Terminal records are dropped oldest-ended first once there are more than
+    ``max_records`` of them, or once they ended more than ``max_age`` seconds
+    ago. Unfinished tasks are never dropped.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_age: float = DEFAULT_MAX_AGE,
+        url: str = "memory://",
+    ) -> None:
+        self.url = url
+        self.max_records = max_records
+        self.max_age = max_age
+        self._clock = clock
+        self._records: dict[str, TaskRecord] = {}
+        self._ended: deque[tuple[float, str]] = deque()  # (monotonic end, task id), oldest first
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    async def open(self) -> list[TaskRecord]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+    def add(self, record: TaskRecord) -> None:
+        if record.task_id in self._records:
+            raise TaskExistsError(
+                f"a task with id {record.task_id!r} already exists; pick another id, or omit "
+                "task_id to get a generated one"
+            )
+        self._records[record.task_id] = record
+
+    def update(self, record: TaskRecord) -> None:
+        return None  # the dict holds the very object the task actor changes
+
+    def finished(self, record: TaskRecord) -> None:
+        self._ended.append((self._clock.monotonic(), record.task_id))
+        if len(self._ended) > self.max_records:
+            self._drop(len(self._ended) - self.max_records)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return self._records.get(task_id)
+
+    async def list(
+        self,
+        *,
+        function: str | None,
+        status: TaskState | None,
+        prefix: str | None,
+        limit: int,
+    ) -> list[TaskRecord]:
+        found: list[TaskRecord] = []
+        if limit <= 0:
+            return found
+        for record in reversed(self._records.values()):  # insertion order = creation order
+            if function is not None and record.function != function:
+                continue
+            if status is not None and record.status is not status:
+                continue
+            if prefix is not None and not record.task_id.startswith(prefix):
+                continue
+            found.append(record)
+            if len(found) >= limit:
+                break
+        return found
+
+    def evict(self) -> int:
+        ended = self._ended
+        horizon = self._clock.monotonic() - self.max_age
+        count = 0
+        while ended and ended[0][0] < horizon:
+            _, task_id = ended.popleft()
+            self._records.pop(task_id, None)
+            count += 1
+        return count
+
+    def _drop(self, count: int) -> None:
+        for _ in range(count):
+            _, task_id = self._ended.popleft()
+            self._records.pop(task_id, None)

@@ -1,0 +1,57 @@
+"""Shared fixtures: every async test runs on both uvloop and the plain asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from runtime import ManualClock, Runtime
+from runtime.loop import loop_factory
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    factories: dict[str, Any] = {"asyncio": asyncio.new_event_loop}
+    with contextlib.suppress(ImportError):  # uvloop is a dependency, but not on Windows
+        factories["uvloop"] = loop_factory("uvloop")
+    return factories
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+RuntimeFactory = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def make_runtime() -> AsyncIterator[RuntimeFactory]:
+    """Start runtimes for a test; each is closed afterwards and must have had no actor failure."""
+    made: list[Runtime] = []
+
+    async def make(**kwargs: Any) -> Runtime:
+        kwargs.setdefault("tick_interval", 0.01)
+        kwargs.setdefault("close_timeout", 5.0)
+        rt = Runtime(**kwargs)
+        await rt.start()
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        system = rt.actor_system
+        await rt.close()
+        assert system is not None
+        assert not system.failures, f"runtime actors failed: {list(system.failures)}"
+        assert system.live_actors == 0
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Wait (yielding to the loop, not sleeping a fixed time) until ``predicate()`` is true."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)

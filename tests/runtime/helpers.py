@@ -1,0 +1,54 @@
+"""Small tools for runtime tests: gates that handlers wait on, and status helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from runtime import Runtime, TaskRecord, TaskState
+from tests.conftest import eventually
+
+
+class Gate:
+    """A handler or hook blocks on ``wait()`` until the test calls ``open()``."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.entered = 0
+        self.cancelled = 0
+
+    def open(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        self.entered += 1
+        try:
+            await self._event.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def statuses(record: TaskRecord) -> list[str]:
+    return [str(event.status) for event in record.events]
+
+
+async def until_status(
+    rt: Runtime, task_id: str, status: TaskState, timeout: float = 5.0
+) -> TaskRecord:
+    """Wait until the task has reached ``status`` (now or at some point in its history)."""
+    box: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        record = await rt.get(task_id)
+        box["record"] = record
+        return status in [e.status for e in record.events]
+
+    async with asyncio.timeout(timeout):
+        while not await reached():
+            await asyncio.sleep(0.001)
+    record: TaskRecord = box["record"]
+    return record
+
+
+__all__ = ["Gate", "eventually", "statuses", "until_status"]
