@@ -55,9 +55,9 @@ class Actor:
     def parent(self) -> ActorRef | None:
         return self.ref._parent
 
-    def spawn(self, factory: ActorFactory, *, name: str | None = None) -> ActorRef:
-        """Start a child actor supervised by this one."""
-        return self.ref._system.spawn(factory, name=name, parent=self.ref)
+    def spawn(self, factory: ActorFactory, *args: Any, name: str | None = None) -> ActorRef:
+        """Start a child actor, ``factory(*args)``, supervised by this one."""
+        return self.ref._system.spawn(factory, *args, name=name, parent=self.ref)
 
     def stop_self(self) -> None:
         """Stop once the current message is handled (no extra message needed)."""
@@ -72,4 +72,4 @@ class Actor:
         return self.ref._system.scheduler.call_later(delay, self.ref.tell, message)
 
 
-ActorFactory = Callable[[], Actor]
+ActorFactory = Callable[..., Actor]

@@ -72,6 +72,7 @@ class ActorRef:
     __slots__ = (
         "_actor",
         "_alive",
+        "_args",
         "_children",
         "_deferred",
         "_factory",
@@ -87,10 +88,12 @@ class ActorRef:
         self,
         system: ActorSystem,
         factory: ActorFactory,
+        args: tuple[Any, ...],
         name: str,
         parent: ActorRef | None,
     ) -> None:
         self.name = name
+        self._args = args
         self._system = system
         self._factory = factory
         self._actor: Actor | None = None

@@ -82,16 +82,20 @@ class ActorSystem:
         return len(self._queue)
 
     def spawn(
-        self, factory: ActorFactory, *, name: str | None = None, parent: ActorRef | None = None
+        self,
+        factory: ActorFactory,
+        *args: Any,
+        name: str | None = None,
+        parent: ActorRef | None = None,
     ) -> ActorRef:
-        """Create an actor from ``factory`` (a zero-argument callable) and start it.
+        """Create an actor with ``factory(*args)`` and start it (a restart calls it again).
 
         ``on_start`` runs before this returns; if it raises, the error reaches the
         caller and nothing is registered.
         """
         if self._closed:
             raise SystemClosedError("the actor system is closed: create a new one to spawn actors")
-        ref = ActorRef(self, factory, name or f"actor-{next(self._names)}", parent)
+        ref = ActorRef(self, factory, args, name or f"actor-{next(self._names)}", parent)
         self._start(ref)
         if parent is None:
             self._roots[id(ref)] = ref
@@ -124,7 +128,24 @@ class ActorSystem:
         if not self._scheduled:
             self._arm()
 
+    def run_queued(self) -> None:
+        """Deliver up to one batch of queued messages now, from outside any ``receive``.
+
+        For code that just produced messages and would otherwise wait a loop turn
+        for their effect (a worker that finished an attempt and wants its next one).
+        The scheduled drain still runs; it finds less to do.
+        """
+        if self._queue or self._stops:
+            self._drain()
+
     def _run(self) -> None:
+        self._drain()
+        if (self._queue or self._stops) and not self._closed:
+            self.loop.call_soon(self._run)
+        else:
+            self._scheduled = False
+
+    def _drain(self) -> None:
         queue = self._queue
         stops = self._stops
         budget = self._batch
@@ -141,10 +162,6 @@ class ActorSystem:
                 deliver(ref, message)
             else:
                 self._undeliverable(message)
-        if (queue or stops) and not self._closed:
-            self.loop.call_soon(self._run)
-        else:
-            self._scheduled = False
 
     def _deliver(self, ref: ActorRef, message: Any) -> None:
         actor = ref._actor
@@ -182,7 +199,7 @@ class ActorSystem:
     # lifecycle and supervision ---------------------------------------------
 
     def _start(self, ref: ActorRef) -> None:
-        actor = ref._factory()
+        actor = ref._factory(*ref._args)
         if not isinstance(actor, Actor):
             raise TypeError(f"an actor factory must return an Actor, got {type(actor).__name__}")
         actor.ref = ref

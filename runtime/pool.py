@@ -185,9 +185,7 @@ class InstancePoolActor(Actor):
 
     def _start_instance(self) -> Instance:
         instance_id = f"{self.spec.name}-{next(self._ids)}"
-        instance = KINDS[self.config.kind](
-            self.spec, instance_id, self.ref, self.clock, self.services.background
-        )
+        instance = KINDS[self.config.kind](self.spec, instance_id, self.ref, self.services)
         self.instances[instance_id] = instance
         self.starting_free.extend(reversed(instance.slots))
         instance.note("starting")

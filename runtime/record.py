@@ -6,7 +6,9 @@ import base64
 from typing import Any, NamedTuple
 
 from . import codec
-from .states import TaskState
+from .states import NAME, TaskState
+
+_ENQUEUED = NAME[TaskState.ENQUEUED]
 
 
 class TaskEvent(NamedTuple):
@@ -29,18 +31,19 @@ class TaskRecord:
     """One task: identity, payload, status, result or error, attempts and full history.
 
     Payload and result are kept msgpack-encoded (encoded once, by ``invoke`` and by
-    the instance that ran the handler) and decoded when read, which keeps a
-    retained record small and nearly invisible to the garbage collector.
+    the instance that ran the handler) and decoded when read; events are plain
+    tuples until read. A store that retains many finished records packs them
+    whole (``runtime.wire``), so they cost neither memory nor garbage collection.
     """
 
     __slots__ = (
+        "_events",
         "_payload",
         "_result",
         "attempts",
         "created_at",
         "ended_at",
         "error",
-        "events",
         "function",
         "instance_id",
         "retries",
@@ -49,7 +52,14 @@ class TaskRecord:
         "task_id",
     )
 
-    def __init__(self, task_id: str, function: str, payload: bytes, created_at: float) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        function: str,
+        payload: bytes,
+        created_at: float,
+        events: list[tuple[str, float, str]] | None = None,
+    ) -> None:
         self.task_id = task_id
         self.function = function
         self.status = TaskState.ENQUEUED
@@ -62,10 +72,27 @@ class TaskRecord:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.instance_id: str | None = None
-        self.events: list[TaskEvent] = [TaskEvent(TaskState.ENQUEUED, created_at, "accepted")]
+        # (state name as a plain str, timestamp, detail): atomic values only, so the
+        # garbage collector stops tracking each tuple after its first pass
+        self._events: list[tuple[str, float, str]] = (
+            [(_ENQUEUED, created_at, "accepted")] if events is None else events
+        )
 
     def __repr__(self) -> str:
         return f"<TaskRecord {self.task_id} {self.function} {self.status}>"
+
+    @property
+    def events(self) -> list[TaskEvent]:
+        """The history, oldest first: one event per state entered."""
+        state = TaskState
+        return [TaskEvent(state(name), ts, detail) for name, ts, detail in self._events]
+
+    def raw_events(self) -> list[tuple[str, float, str]]:
+        """The events as stored: (state name, timestamp, detail)."""
+        return self._events
+
+    def load_raw_events(self, events: Any) -> None:
+        self._events = [(NAME[TaskState(name)], ts, detail) for name, ts, detail in events]
 
     @property
     def payload(self) -> Any:
@@ -83,6 +110,10 @@ class TaskRecord:
     def result_bytes(self) -> bytes | None:
         return self._result
 
+    @result_bytes.setter
+    def result_bytes(self, data: bytes | None) -> None:
+        self._result = data
+
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
@@ -92,7 +123,7 @@ class TaskRecord:
         clone = TaskRecord.__new__(TaskRecord)
         for name in TaskRecord.__slots__:
             setattr(clone, name, getattr(self, name))
-        clone.events = list(self.events)
+        clone._events = list(self._events)
         return clone
 
     def to_dict(self) -> dict[str, Any]:

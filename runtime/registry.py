@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actors import ActorRef, Clock
+    from actors import ActorRef, ActorSystem, Clock
 
     from .config import FunctionSpec
     from .hooks import BackgroundTasks
@@ -35,18 +35,32 @@ class FunctionEntry:
 class Services:
     """What runtime actors need from their runtime, handed to them at creation."""
 
-    __slots__ = ("background", "clock", "random", "store", "task_finished")
+    __slots__ = (
+        "background",
+        "clock",
+        "now",
+        "random",
+        "store",
+        "store_update",
+        "system",
+        "task_finished",
+    )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built in one place, by Runtime.start
         self,
+        system: ActorSystem,
         clock: Clock,
         store: Store,
         background: BackgroundTasks,
         task_finished: Callable[[TaskRecord, FunctionEntry], None],
         rng: random.Random,
     ) -> None:
+        self.system = system
         self.clock = clock
+        self.now = clock.time  # bound once: read on every transition
         self.store = store
+        # None when the store holds the live record itself and needs no update call
+        self.store_update = store.update if store.writes_updates else None
         self.background = background
         self.task_finished = task_finished
         self.random = rng

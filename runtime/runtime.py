@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
 import logging
 import random
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from .supervisor import SupervisorActor
 from .task_actor import TaskActor
 
 logger = logging.getLogger("stint")
+_BACKPRESSURE = 4096  # run-queue length past which invoke yields to the loop
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -124,10 +124,15 @@ class Runtime:
         self._system = ActorSystem(clock=self.clock)
         await self._store.open()
         self._services = Services(
-            self.clock, self._store, self._background, self._task_finished, self._random
+            self._system,
+            self.clock,
+            self._store,
+            self._background,
+            self._task_finished,
+            self._random,
         )
         self._supervisor = self._system.spawn(
-            functools.partial(SupervisorActor, self.tick_interval), name="supervisor"
+            SupervisorActor, self.tick_interval, name="supervisor"
         )
         self._state = "started"
         for entry in self._functions.values():
@@ -231,7 +236,10 @@ class Runtime:
     def _start_pool(self, entry: FunctionEntry) -> None:
         assert self._system is not None and self._supervisor is not None and self._services
         entry.pool = self._system.spawn(
-            functools.partial(InstancePoolActor, entry.spec, entry, self._services),
+            InstancePoolActor,
+            entry.spec,
+            entry,
+            self._services,
             name=f"pool:{entry.spec.name}",
             parent=self._supervisor,
         )
@@ -263,14 +271,17 @@ class Runtime:
             await pending
         assert self._system is not None and self._services is not None and entry.pool is not None
         ref = self._system.spawn(
-            functools.partial(TaskActor, record, entry, self._services),
-            name=task_id,
-            parent=self._supervisor,
+            TaskActor, record, entry, self._services, name=task_id, parent=self._supervisor
         )
         self._live[task_id] = ref
         entry.queued += 1
         entry.live += 1
         entry.pool.tell(Submit(ref, clock.monotonic()))
+        if self._system.pending_messages > _BACKPRESSURE:
+            # A burst of invokes that never yields would pile every task up before
+            # the first one runs. Letting the loop turn keeps work flowing (and
+            # memory flat); the task is already accepted and stored.
+            await asyncio.sleep(0)
         return task_id
 
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:

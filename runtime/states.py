@@ -26,6 +26,10 @@ class TaskState(enum.StrEnum):
         return self in TERMINAL
 
 
+#: Each state's name as a plain ``str`` (reading ``.value`` goes through a slow
+#: descriptor; a plain str also lets the GC untrack tuples that hold it).
+NAME: dict[TaskState, str] = {state: str.__str__(state) for state in TaskState}
+
 TERMINAL = frozenset(
     {TaskState.EXPIRED, TaskState.INVALID, TaskState.FAILED, TaskState.SUCCEEDED, TaskState.STOPPED}
 )

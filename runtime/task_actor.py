@@ -29,9 +29,9 @@ from .messages import (
     Submit,
     Withdraw,
 )
-from .record import ErrorInfo, TaskEvent, TaskRecord
+from .record import ErrorInfo, TaskRecord
 from .registry import FunctionEntry, Services
-from .states import FINISHED, TERMINAL, TRANSITIONS, TaskState
+from .states import FINISHED, NAME, TERMINAL, TRANSITIONS, TaskState
 
 S = TaskState
 
@@ -46,7 +46,7 @@ class TaskActor(Actor):
         self.slot: Slot | None = None  # the slot reserved for it, from Dispatch to attempt end
         self.in_queue = True  # in its pool's queue (a Submit the pool has not dispatched)
         self.retry_timer: TimerHandle | None = None
-        self.stop_replies: list[Reply] = []
+        self.stop_replies: list[Reply] | None = None  # made only if someone stops it
 
     def receive(self, message: Any) -> Any:
         return _HANDLERS[type(message)](self, message)
@@ -59,12 +59,14 @@ class TaskActor(Actor):
             raise IllegalTransitionError(
                 f"task {record.task_id}: illegal transition {record.status} -> {new}"
             )
-        now = self.services.clock.time()
+        services = self.services
+        now = services.now()
         record.status = new
-        record.events.append(TaskEvent(new, now, detail))
+        record._events.append((NAME[new], now, detail))
         if new in TERMINAL:
             record.ended_at = now
-        self.services.store.update(record)
+        if services.store_update is not None:
+            services.store_update(record)
 
     def _finish(self) -> None:
         """The task is terminal: tell the runtime, answer stop requests, and go."""
@@ -73,7 +75,7 @@ class TaskActor(Actor):
             snapshot = self.record.copy()
             for reply in self.stop_replies:
                 reply.send(snapshot)
-            self.stop_replies.clear()
+            self.stop_replies = None
         self.stop_self()
 
     # handlers ---------------------------------------------------------------------
@@ -133,7 +135,7 @@ class TaskActor(Actor):
             return  # a stopped task's interrupted attempt, or one from before a restart
         self.slot = None
         if msg.error is None:
-            record._result = msg.result
+            record.result_bytes = msg.result
             self._move(S.SUCCEEDED)
             self._finish()
         elif msg.interrupted == "close":
@@ -200,14 +202,14 @@ class TaskActor(Actor):
             self.defer_reply().fail(_finished_error(record))
             return None
         if status is S.STOPPING:
-            self.stop_replies.append(self.defer_reply())
+            self._keep_stop_reply()
             return None
         self._move(S.STOPPING, f"stop requested while {status}")
         pool = self.entry.pool
         assert pool is not None
         if status is S.RUNNING:
             assert self.slot is not None
-            self.stop_replies.append(self.defer_reply())
+            self._keep_stop_reply()
             pool.tell(RestartInstance(self.ref, self.slot))
             return None
         if self.retry_timer is not None:
@@ -219,6 +221,11 @@ class TaskActor(Actor):
         self._move(S.STOPPED, f"stopped before running (was {status})")
         self._finish()
         return record.copy()
+
+    def _keep_stop_reply(self) -> None:
+        if self.stop_replies is None:
+            self.stop_replies = []
+        self.stop_replies.append(self.defer_reply())
 
     def _on_instance_replaced(self, msg: InstanceReplaced) -> None:
         if self.record.status is S.STOPPING:

@@ -22,6 +22,8 @@ from ..messages import AttemptFinished, SlotFree
 from ..record import ErrorInfo
 from .base import Attempt, Instance, Slot
 
+_FAIRNESS = 64  # attempts a worker runs back to back before yielding to the loop
+
 
 class AsyncInstance(Instance):
     kind = "async"
@@ -74,9 +76,20 @@ class _SlotWorker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        system = self.instance.services.system
+        streak = 0
         while True:
             attempt = self.pending
-            if attempt is None:
+            if attempt is None and streak:
+                # Deliver what this attempt's report set off (the pool frees the slot
+                # and dispatches the next task to it) instead of suspending for it.
+                system.run_queued()
+                attempt = self.pending
+            if attempt is None or streak >= _FAIRNESS:
+                streak = 0
+                if attempt is not None:  # handlers that never suspend: let others run
+                    await asyncio.sleep(0)
+                    continue
                 self.waiter = loop.create_future()
                 try:
                     await self.waiter
@@ -91,6 +104,7 @@ class _SlotWorker:
             outcome = await self._attempt(attempt)
             self.running = None
             self._report(attempt, outcome)
+            streak += 1
 
     def _report(self, attempt: Attempt, outcome: AttemptFinished) -> None:
         attempt.task.tell(outcome)

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..context import InstanceContext, TaskContext
 from ..hooks import call_hook
-from ..messages import HookDone, InstanceStarted
+from ..messages import HookDone, InstanceStarted, SlotFree
 from ..states import InstanceState
 
 if TYPE_CHECKING:
-    from actors import ActorRef, Clock
+    from actors import ActorRef
 
     from ..config import FunctionSpec
-    from ..hooks import BackgroundTasks
+    from ..registry import Services
 
 logger = logging.getLogger("stint")
 
@@ -39,13 +39,14 @@ class Attempt:
 class Slot:
     """Room for one task on an instance (an instance has ``concurrency`` of them)."""
 
-    __slots__ = ("attempt", "index", "instance", "reserved_by")
+    __slots__ = ("attempt", "free", "index", "instance", "reserved_by")
 
     def __init__(self, instance: Instance, index: int) -> None:
         self.instance = instance
         self.index = index
         self.reserved_by: ActorRef | None = None  # the task that owns the slot
         self.attempt: Attempt | None = None  # the attempt running in it
+        self.free = SlotFree(self)  # sent after every attempt: made once, not per task
 
     def __repr__(self) -> str:
         return f"<Slot {self.instance.instance_id}/{self.index}>"
@@ -86,14 +87,14 @@ class Instance:
         spec: FunctionSpec,
         instance_id: str,
         pool: ActorRef,
-        clock: Clock,
-        background: BackgroundTasks,
+        services: Services,
     ) -> None:
         self.spec = spec
         self.instance_id = instance_id
         self.pool = pool
-        self.clock = clock
-        self.background = background
+        self.services = services
+        self.clock = clock = services.clock
+        self.background = services.background
         self.context = InstanceContext(instance_id, spec.name, self.kind)
         self.state = InstanceState.STARTING
         self.slots = [Slot(self, i) for i in range(spec.config.concurrency)]

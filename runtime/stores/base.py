@@ -19,6 +19,8 @@ class Store(Protocol):
     """
 
     url: str
+    #: False when the store keeps the live record object, so ``update`` has nothing to do.
+    writes_updates: bool
 
     async def open(self) -> list[TaskRecord]:
         """Open the store; returns the unfinished records to recover (none for memory)."""

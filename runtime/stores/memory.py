@@ -8,7 +8,12 @@ from actors import Clock
 
 from ..errors import TaskExistsError
 from ..record import TaskRecord
-from ..states import TaskState
+from ..states import NAME, TaskState
+from ..wire import pack_record, unpack_record
+
+# A finished record is kept as (function, status, packed bytes): a tuple of atomic
+# values, which the garbage collector stops tracking, and ~200 bytes of payload.
+Finished = tuple[str, str, bytes]
 
 DEFAULT_MAX_RECORDS = 100_000
 DEFAULT_MAX_AGE = 3600.0
@@ -22,6 +27,8 @@ class MemoryStore:
     ago. Unfinished tasks are never dropped.
     """
 
+    writes_updates = False
+
     def __init__(
         self,
         clock: Clock,
@@ -34,7 +41,7 @@ class MemoryStore:
         self.max_records = max_records
         self.max_age = max_age
         self._clock = clock
-        self._records: dict[str, TaskRecord] = {}
+        self._records: dict[str, TaskRecord | Finished] = {}
         self._ended: deque[tuple[float, str]] = deque()  # (monotonic end, task id), oldest first
 
     def __len__(self) -> int:
@@ -58,12 +65,16 @@ class MemoryStore:
         return None  # the dict holds the very object the task actor changes
 
     def finished(self, record: TaskRecord) -> None:
+        self._records[record.task_id] = (record.function, NAME[record.status], pack_record(record))
         self._ended.append((self._clock.monotonic(), record.task_id))
         if len(self._ended) > self.max_records:
             self._drop(len(self._ended) - self.max_records)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        return self._records.get(task_id)
+        found = self._records.get(task_id)
+        if found is None or isinstance(found, TaskRecord):
+            return found
+        return unpack_record(found[2])
 
     async def list(
         self,
@@ -76,14 +87,19 @@ class MemoryStore:
         found: list[TaskRecord] = []
         if limit <= 0:
             return found
-        for record in reversed(self._records.values()):  # insertion order = creation order
-            if function is not None and record.function != function:
+        # insertion order is creation order, so walking backwards is newest first
+        for task_id, entry in reversed(self._records.items()):
+            if prefix is not None and not task_id.startswith(prefix):
                 continue
-            if status is not None and record.status is not status:
+            if isinstance(entry, TaskRecord):
+                fn, state = entry.function, NAME[entry.status]
+            else:
+                fn, state = entry[0], entry[1]
+            if (function is not None and fn != function) or (
+                status is not None and state != status
+            ):
                 continue
-            if prefix is not None and not record.task_id.startswith(prefix):
-                continue
-            found.append(record)
+            found.append(entry if isinstance(entry, TaskRecord) else unpack_record(entry[2]))
             if len(found) >= limit:
                 break
         return found
