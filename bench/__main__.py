@@ -1,8 +1,10 @@
-"""``python -m bench``: throughput of stint against the physical limit, in one run.
+"""``python -m bench``: stint against the physical limit and against its peers, in one run.
 
-Variants are interleaved (A B C A B C ...) and each figure is the median of the
-repetitions, so a noisy neighbour hurts every variant alike and ratios stay
-comparable. Each repetition runs on a fresh event loop of the variant's kind.
+Throughput variants are interleaved (A B C A B C ...) and each figure is the
+median of the repetitions, so a noisy neighbour hurts every variant alike and
+the ratios to ``bare`` stay comparable. Each repetition gets a fresh event loop
+of the variant's kind. Then latency, stop latency, cold start, memory per
+retained record and a concurrency sweep. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.table import Table
 
 from runtime.loop import run
 
+from . import probes
 from .variants import VARIANTS, Variant
 
 
@@ -30,24 +33,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--tasks", type=int, default=200_000, help="tasks per run (200000)")
     parser.add_argument("-r", "--repeat", type=int, default=5, help="interleaved repetitions (5)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke test: 2,000 tasks, 1 repetition"
+        "--quick", action="store_true", help="smoke test: small counts, 1 repetition"
     )
     parser.add_argument("--only", action="append", help="run only these variants (repeatable)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--no-probes", action="store_true", help="throughput only")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     n, repeat = (2_000, 1) if args.quick else (args.tasks, args.repeat)
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     console = Console()
     timings = measure(variants, n, repeat, console)
     results = summarise(variants, timings, n)
-    console.print(table(results, n, repeat))
+    console.print(throughput_table(results, n, repeat))
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "tasks": n,
+        "repeat": repeat,
+        "throughput": results,
+    }
+    if not args.no_probes:
+        report["probes"] = run_probes(args.quick, console)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(
-                {"machine": machine(), "tasks": n, "repeat": repeat, "results": results},
-                fh,
-                indent=2,
-            )
+            json.dump(report, fh, indent=2)
+        console.print(
+            f"wrote {args.json}; draw the figure with: python -m bench.figure {args.json}"
+        )
     return 0
 
 
@@ -56,11 +67,12 @@ def measure(
 ) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {v.name: [] for v in variants}
     with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("benchmarking", total=repeat * len(variants))
+        bar = progress.add_task("throughput", total=repeat * len(variants))
         for _ in range(repeat):
             for variant in variants:
                 gc.collect()
-                timings[variant.name].append(run(variant.run(n), loop=variant.loop))
+                count = max(1, int(n * variant.share))
+                timings[variant.name].append(run(variant.run(count), loop=variant.loop))
                 progress.advance(bar)
     return timings
 
@@ -68,13 +80,16 @@ def measure(
 def summarise(
     variants: list[Variant], timings: dict[str, list[float]], n: int
 ) -> list[dict[str, Any]]:
-    rates = {name: n / statistics.median(ts) for name, ts in timings.items()}
+    rates = {
+        v.name: max(1, int(n * v.share)) / statistics.median(timings[v.name]) for v in variants
+    }
     bare = rates.get("bare")
     return [
         {
             "variant": v.name,
             "what": v.what,
             "loop": v.loop,
+            "tasks": max(1, int(n * v.share)),
             "tasks_per_s": rates[v.name],
             "ratio_to_bare": rates[v.name] / bare if bare else None,
             "seconds": timings[v.name],
@@ -83,14 +98,56 @@ def summarise(
     ]
 
 
-def table(results: list[dict[str, Any]], n: int, repeat: int) -> Table:
-    out = Table(title=f"{n:,} no-op tasks, median of {repeat}")
-    for column in ("variant", "what", "tasks/s", "x bare"):
+def throughput_table(results: list[dict[str, Any]], n: int, repeat: int) -> Table:
+    out = Table(title=f"throughput: no-op tasks (N={n:,}), median of {repeat}")
+    for column in ("variant", "what", "tasks", "tasks/s", "x bare"):
         out.add_column(column, justify="left" if column in ("variant", "what") else "right")
     for r in results:
-        ratio = "" if r["ratio_to_bare"] is None else f"{r['ratio_to_bare']:.2f}"
-        out.add_row(r["variant"], r["what"], f"{r['tasks_per_s']:,.0f}", ratio)
+        ratio = "" if r["ratio_to_bare"] is None else f"{r['ratio_to_bare']:.3f}"
+        out.add_row(r["variant"], r["what"], f"{r['tasks']:,}", f"{r['tasks_per_s']:,.0f}", ratio)
     return out
+
+
+def run_probes(quick: bool, console: Console) -> dict[str, Any]:
+    sizes = (
+        {"latency": 300, "stop": 10, "cold": 5, "memory": 2_000, "sweep": 1_000}
+        if quick
+        else {"latency": 20_000, "stop": 200, "cold": 50, "memory": 100_000, "sweep": 50_000}
+    )
+    levels = [1, 10] if quick else [1, 10, 100, 1000]
+    with console.status("latency, stop, cold start, memory, concurrency sweep"):
+        found: dict[str, Any] = {
+            "round_trip_seconds": run(probes.round_trip_latency(sizes["latency"])),
+            "stop_seconds": run(probes.stop_latency(sizes["stop"])),
+            "cold_start_seconds": run(probes.cold_start(sizes["cold"])),
+            "memory": run(probes.memory_per_record(sizes["memory"])),
+            "concurrency_sweep": run(probes.concurrency_sweep(sizes["sweep"], levels)),
+        }
+    table = Table(title="latency and footprint (stint kind=async)")
+    for column in ("probe", "p50", "p99", "p99.9", "samples"):
+        table.add_column(column, justify="left" if column == "probe" else "right")
+    for key, label in (
+        ("round_trip_seconds", "invoke -> Succeeded, no load"),
+        ("stop_seconds", "stop of a Running task"),
+        ("cold_start_seconds", "instance cold start"),
+    ):
+        p = found[key]
+        table.add_row(
+            label, *(f"{p[q] * 1e6:,.1f} µs" for q in ("p50", "p99", "p99.9")), str(p["n"])
+        )
+    console.print(table)
+    memory = found["memory"]
+    console.print(
+        f"memory per retained terminal record: {memory['bytes_per_record']:,.0f} bytes "
+        f"(tracemalloc over {memory['records']:,} tasks)"
+    )
+    sweep = Table(title="throughput vs handler concurrency (one instance)")
+    for column in ("handler", "concurrency", "tasks/s"):
+        sweep.add_column(column, justify="right")
+    for row in found["concurrency_sweep"]:
+        sweep.add_row(row["handler"], str(row["concurrency"]), f"{row['tasks_per_s']:,.0f}")
+    console.print(sweep)
+    return found
 
 
 def machine() -> dict[str, Any]:

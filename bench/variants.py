@@ -1,22 +1,38 @@
-"""What the benchmark runs: each variant pushes N no-op tasks through one way of doing it.
+"""Throughput variants: each pushes no-op tasks through one way of doing it.
 
-A variant is a coroutine function ``(n) -> seconds`` that does its own set-up
-outside the timed part and returns only the time of the work itself.
+A variant is a coroutine function ``(n) -> seconds`` that does its set-up outside
+the timed part and returns only the time of the work itself. ``share`` scales
+down the task count of variants that are orders of magnitude slower (a thread
+per task, a process pool), so one run stays within minutes; their figure is
+still tasks per second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
+
+import pykka
 
 from runtime import Runtime, TaskState
 
-WINDOW = 1_000
+WINDOW = 1_000  # tasks in flight at most, for the variants that window their work
 
 
 async def noop(event: object, ctx: object = None) -> object:
+    return event
+
+
+async def yield_once(event: object, ctx: object = None) -> object:
+    await asyncio.sleep(0)
+    return event
+
+
+def blocking_noop(event: object, ctx: object = None) -> object:
     return event
 
 
@@ -31,31 +47,110 @@ async def bare_create_task(n: int) -> float:
     return time.perf_counter() - start
 
 
-async def stint_async(n: int) -> float:
-    """stint kind "async", memory store: invoke all N, wait until all are Succeeded."""
+async def stint_async(
+    n: int,
+    *,
+    concurrency: int = 100,
+    instances: int = 10,
+    handler: Callable[..., Awaitable[object]] = noop,
+) -> float:
+    """stint kind "async", memory store, metrics on: invoke all N, wait until all Succeeded."""
     async with Runtime(store=f"memory://?max_records={max(n, 1)}") as rt:
-        rt.register("noop", noop, concurrency=WINDOW // 10, max_instances=10, max_queued=n + 1)
+        rt.register(
+            "noop", handler, concurrency=concurrency, max_instances=instances, max_queued=n + 1
+        )
         start = time.perf_counter()
         for i in range(n):
             await rt.invoke("noop", i)
         await rt.join("noop")
         elapsed = time.perf_counter() - start
-        done = await rt.list(function="noop", status=TaskState.SUCCEEDED, limit=n)
-        if len(done) != n:
-            raise AssertionError(f"only {len(done)} of {n} tasks Succeeded")
+        await _check_all_succeeded(rt, n)
     return elapsed
+
+
+async def _check_all_succeeded(rt: Runtime, n: int) -> None:
+    done = await rt.list(function="noop", status=TaskState.SUCCEEDED, limit=n)
+    if len(done) != n:
+        raise AssertionError(f"only {len(done)} of {n} tasks Succeeded")
+
+
+async def aiojobs_scheduler(n: int) -> float:
+    """aiojobs: a Scheduler with ``limit`` = WINDOW jobs at once, every task spawned."""
+    import aiojobs
+
+    scheduler = aiojobs.Scheduler(limit=WINDOW, pending_limit=n + 1)
+    start = time.perf_counter()
+    for i in range(n):
+        await scheduler.spawn(noop(i))
+    await scheduler.wait_and_close(timeout=None)
+    return time.perf_counter() - start
+
+
+class _Echo(pykka.ThreadingActor):
+    def on_receive(self, message: object) -> object:
+        return message
+
+
+async def pykka_actor_per_task(n: int) -> float:
+    """The naive actor design: one pykka ThreadingActor (one thread) per task."""
+    loop = asyncio.get_running_loop()
+
+    def one(i: int) -> object:
+        ref = _Echo.start()
+        try:
+            return ref.ask(i)
+        finally:
+            ref.stop()
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, one, i) for i in range(n)))
+    return time.perf_counter() - start
+
+
+async def thread_executor(n: int) -> float:
+    """What a user would pick for blocking work: ``run_in_executor`` on a ThreadPoolExecutor."""
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        start = time.perf_counter()
+        for base in range(0, n, WINDOW):
+            batch = range(base, min(n, base + WINDOW))
+            await asyncio.gather(*(loop.run_in_executor(pool, blocking_noop, i) for i in batch))
+        return time.perf_counter() - start
+
+
+async def process_executor(n: int) -> float:
+    """What a user would pick for isolated work: a ProcessPoolExecutor (started beforehand)."""
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, blocking_noop, i) for i in range(4)))
+        start = time.perf_counter()
+        for base in range(0, n, WINDOW):
+            batch = range(base, min(n, base + WINDOW))
+            await asyncio.gather(*(loop.run_in_executor(pool, blocking_noop, i) for i in batch))
+        return time.perf_counter() - start
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    run: Callable[[int], Awaitable[float]]
+    run: Callable[[int], Coroutine[Any, Any, float]]
     loop: str  # "uvloop" or "asyncio"
     what: str
+    share: float = 1.0  # fraction of N this variant runs
 
 
 VARIANTS = [
     Variant("bare", bare_create_task, "uvloop", "uvloop create_task + gather (the limit)"),
     Variant("bare-asyncio", bare_create_task, "asyncio", "same, default asyncio loop"),
-    Variant("stint-async", stint_async, "uvloop", "stint kind=async, memory store"),
+    Variant("stint-async", stint_async, "uvloop", "stint kind=async, memory store, metrics on"),
+    Variant("stint-async-asyncio", stint_async, "asyncio", "same, default asyncio loop"),
+    Variant("aiojobs", aiojobs_scheduler, "uvloop", "aiojobs Scheduler(limit=1000)"),
+    Variant(
+        "pykka-per-task", pykka_actor_per_task, "uvloop", "a pykka ThreadingActor per task", 0.02
+    ),
+    Variant("thread-executor", thread_executor, "uvloop", "run_in_executor, 10 threads", 0.1),
+    Variant(
+        "process-executor", process_executor, "uvloop", "ProcessPoolExecutor, 2 processes", 0.05
+    ),
 ]

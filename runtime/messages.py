@@ -141,22 +141,26 @@ class RestartInstance:
 
 
 class InstanceStarted:
-    __slots__ = ("error", "instance")
+    __slots__ = ("error", "instance", "seconds")
 
-    def __init__(self, instance: Instance, error: ErrorInfo | None) -> None:
+    def __init__(self, instance: Instance, error: ErrorInfo | None, seconds: float | None) -> None:
         self.instance = instance
         self.error = error  # None when the Initializer (if any) succeeded
+        self.seconds = seconds  # how long the Initializer ran (None: there is none)
 
 
 class HookDone:
     """A PreFreeze or PreStop hook ended (``error`` says how it failed, if it did)."""
 
-    __slots__ = ("error", "hook", "instance")
+    __slots__ = ("error", "hook", "instance", "seconds")
 
-    def __init__(self, instance: Instance, hook: str, error: ErrorInfo | None) -> None:
+    def __init__(
+        self, instance: Instance, hook: str, error: ErrorInfo | None, seconds: float | None
+    ) -> None:
         self.instance = instance
         self.hook = hook
         self.error = error
+        self.seconds = seconds  # None when the function has no such hook
 
 
 class Sweep:

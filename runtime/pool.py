@@ -49,6 +49,7 @@ class InstancePoolActor(Actor):
         self.spec = spec
         self.config = spec.config
         self.entry = entry
+        self.metrics = entry.metrics
         self.services = services
         self.queue: deque[Submit] = deque()
         self.instances: dict[str, Instance] = {}
@@ -66,6 +67,7 @@ class InstancePoolActor(Actor):
         self._ids = itertools.count(1)
 
     def on_start(self) -> None:
+        self.metrics.instances = self.instances  # read (on the loop) at scrape time
         self._ensure_min()  # warm min_instances now, not at the first tick
 
     def receive(self, message: Any) -> Any:
@@ -187,6 +189,7 @@ class InstancePoolActor(Actor):
         instance_id = f"{self.spec.name}-{next(self._ids)}"
         instance = KINDS[self.config.kind](self.spec, instance_id, self.ref, self.services)
         self.instances[instance_id] = instance
+        self.metrics.instance_starts += 1
         self.starting_free.extend(reversed(instance.slots))
         instance.note("starting")
         instance.start()
@@ -200,6 +203,8 @@ class InstancePoolActor(Actor):
         ):
             return
         self._drop_free_slots(instance)
+        if msg.seconds is not None:
+            self.metrics.hook("initializer", msg.seconds, msg.error is not None)
         if msg.error is not None:
             self._start_failed(instance, msg.error)
             return
@@ -223,6 +228,7 @@ class InstancePoolActor(Actor):
     def _start_failed(self, instance: Instance, error: ErrorInfo) -> None:
         instance.note("initializer_failed", f"{error.type}: {error.message}", warn=True)
         instance.state = IS.STOPPED
+        self.metrics.instance_stops["start_failed"] += 1
         del self.instances[instance.instance_id]
         reason = ErrorInfo(
             InstanceStartError.__name__,
@@ -257,9 +263,9 @@ class InstancePoolActor(Actor):
         self.starting_free = [s for s in self.starting_free if s.instance is not instance]
         self.idle = [s for s in self.idle if s.instance is not instance]
 
-    def _stop_instance(self, instance: Instance, reason: str) -> None:
+    def _stop_instance(self, instance: Instance, reason: str, detail: str = "") -> None:
         self._drop_free_slots(instance)
-        instance.stop(reason)
+        instance.stop(reason, detail)
 
     def _on_restart_instance(self, msg: RestartInstance) -> None:
         instance = msg.slot.instance
@@ -271,11 +277,13 @@ class InstancePoolActor(Actor):
         for slot in instance.slots:
             if slot.attempt is not None:
                 instance.interrupt(slot, "stop" if slot is msg.slot else "restart")
-        self._stop_instance(instance, f"restart: task {msg.task.name} was stopped")
+        self._stop_instance(instance, "stop", f"restart: task {msg.task.name} was stopped")
 
     def _on_hook_done(self, msg: HookDone) -> None:
         instance = msg.instance
         instance.hook_running = None
+        if msg.seconds is not None:
+            self.metrics.hook(msg.hook, msg.seconds, msg.error is not None)
         if msg.error is not None:
             instance.note(f"{msg.hook}_failed", f"{msg.error.type}: {msg.error.message}", warn=True)
         if msg.hook != "pre_freeze":
@@ -297,7 +305,8 @@ class InstancePoolActor(Actor):
     def _destroyed(self, instance: Instance) -> None:
         instance.destroy()
         instance.state = IS.STOPPED
-        instance.note("stopped", instance.stop_reason)
+        instance.note("stopped", instance.stop_detail)
+        self.metrics.instance_stops[instance.stop_reason] += 1
         self.instances.pop(instance.instance_id, None)
         stopped_tasks = self.restarts.pop(instance, [])
         for task in stopped_tasks:
@@ -332,7 +341,7 @@ class InstancePoolActor(Actor):
                 continue
             idle_for = now - instance.last_used
             if idle_for >= config.idle_timeout and self._above_min():
-                self._stop_instance(instance, f"idle for {idle_for:.1f} s")
+                self._stop_instance(instance, "idle", f"idle for {idle_for:.1f} s")
             elif (
                 instance.state is IS.READY and idle_for >= config.freeze_after and not self.draining
             ):
@@ -393,7 +402,8 @@ class InstancePoolActor(Actor):
         self.shutting_down = True
         for instance in list(self.instances.values()):
             if instance.state in (IS.READY, IS.BUSY, IS.FROZEN) and instance.hook_running is None:
-                self._stop_instance(instance, "close" if not self.unregistered else "unregistered")
+                detail = "unregistered" if self.unregistered else "runtime closing"
+                self._stop_instance(instance, "close", detail)
         self._check_shutdown()
 
     def _check_shutdown(self) -> None:
@@ -401,6 +411,7 @@ class InstancePoolActor(Actor):
             return
         for instance in list(self.instances.values()):  # Initializers still running: abandon them
             instance.note("abandoned", "runtime closed while the Initializer ran")
+            self.metrics.instance_stops["abandoned"] += 1
             instance.destroy()
         self.instances.clear()
         for reply in self.shutdown_replies:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from .config import FunctionSpec
     from .hooks import BackgroundTasks
+    from .metrics import FunctionMetrics
     from .record import TaskRecord
     from .stores.base import Store
 
@@ -23,10 +24,11 @@ class FunctionEntry:
     and lowered when a task ends. Both are touched only on the loop thread.
     """
 
-    __slots__ = ("live", "pool", "queued", "spec")
+    __slots__ = ("live", "metrics", "pool", "queued", "spec")
 
-    def __init__(self, spec: FunctionSpec) -> None:
+    def __init__(self, spec: FunctionSpec, metrics: FunctionMetrics) -> None:
         self.spec = spec
+        self.metrics = metrics
         self.pool: ActorRef | None = None
         self.queued = 0
         self.live = 0

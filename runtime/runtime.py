@@ -10,6 +10,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry, generate_latest
+
 from actors import ActorDeadError, ActorRef, ActorSystem, Clock, SystemClock
 
 from . import codec
@@ -35,6 +37,8 @@ from .messages import (
     Shutdown,
     Submit,
 )
+from .metrics import FunctionMetrics, StintCollector
+from .metrics_server import MetricsServer
 from .pool import InstancePoolActor
 from .record import TaskRecord
 from .registry import FunctionEntry, Services
@@ -65,6 +69,8 @@ class Runtime:
         tick_interval: float = 0.05,
         close_timeout: float = 30.0,
         seed: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
@@ -87,6 +93,18 @@ class Runtime:
         self._supervisor: ActorRef | None = None
         self._services: Services | None = None
         self._state = "new"  # new -> started -> closing -> closed
+        self._metrics: dict[str, FunctionMetrics] = {}  # outlives unregister: counters only grow
+        self._collector = StintCollector(
+            lambda: self._metrics,
+            lambda: {name: e.queued for name, e in self._functions.items()},
+            lambda: self._system,
+            _version(),
+        )
+        #: This runtime's own registry: two runtimes in one process never collide.
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.metrics_registry.register(self._collector)
+        self._metrics_server: MetricsServer | None = None
+        self._metrics_address = (metrics_host, metrics_port)
 
     # lifecycle ------------------------------------------------------------------
 
@@ -135,8 +153,12 @@ class Runtime:
             SupervisorActor, self.tick_interval, name="supervisor"
         )
         self._state = "started"
+        self._collector.bind(asyncio.get_running_loop())
         for entry in self._functions.values():
             self._start_pool(entry)
+        host, port = self._metrics_address
+        if port is not None:
+            await self.serve_metrics(host=host, port=port)
         self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
 
     async def close(self) -> None:
@@ -172,6 +194,9 @@ class Runtime:
             if not joiner.done():
                 joiner.set_exception(RuntimeClosedError("the runtime closed before it was idle"))
         await self._store.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
+            self._metrics_server = None
         self._state = "closed"
 
     async def _ask_all(self, pools: list[ActorRef], message: type[Any], timeout: float) -> bool:
@@ -192,6 +217,27 @@ class Runtime:
         if self._state == "started" and self._system is not None:
             self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
 
+    # metrics ------------------------------------------------------------------------
+
+    async def serve_metrics(self, host: str = "127.0.0.1", port: int = 9464) -> tuple[str, int]:
+        """Serve ``metrics_registry`` over HTTP (Prometheus text format) on ``host:port``.
+
+        Binds loopback by default; pass another address only on purpose. Port 0
+        picks a free one. Returns the bound address. Stopped by ``close()``.
+        """
+        if self._state != "started":
+            raise self._closed_error()
+        if self._metrics_server is not None:
+            raise ConfigError(
+                f"metrics are already served on {self._metrics_server.address}; serve once"
+            )
+        self._metrics_server = await MetricsServer.start(self.metrics_registry, host, port)
+        return self._metrics_server.address
+
+    async def metrics_text(self) -> str:
+        """The current metrics in Prometheus text format (what a scrape would get)."""
+        return generate_latest(self.metrics_registry).decode()
+
     # registration ---------------------------------------------------------------------
 
     def register(self, name: str, handler: Callable[..., Any], **config: Any) -> None:
@@ -206,7 +252,10 @@ class Runtime:
             )
         if self._state in ("closing", "closed"):
             raise RuntimeClosedError("the runtime is closed: register functions on a new Runtime")
-        entry = FunctionEntry(spec)
+        metrics = self._metrics.get(name)
+        if metrics is None or metrics.kind != spec.config.kind:
+            metrics = self._metrics[name] = FunctionMetrics(spec.config.kind)
+        entry = FunctionEntry(spec, metrics)
         self._functions[name] = entry
         if self._state == "started":
             self._start_pool(entry)
@@ -276,6 +325,9 @@ class Runtime:
         self._live[task_id] = ref
         entry.queued += 1
         entry.live += 1
+        metrics = entry.metrics
+        metrics.submitted += 1
+        metrics.entered[TaskState.ENQUEUED] += 1
         entry.pool.tell(Submit(ref, clock.monotonic()))
         if self._system.pending_messages > _BACKPRESSURE:
             # A burst of invokes that never yields would pile every task up before
@@ -439,3 +491,9 @@ class Runtime:
         return RuntimeClosedError(
             f"the runtime is {self._state}; create a new Runtime to run tasks"
         )
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

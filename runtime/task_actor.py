@@ -37,7 +37,16 @@ S = TaskState
 
 
 class TaskActor(Actor):
-    __slots__ = ("entry", "in_queue", "record", "retry_timer", "services", "slot", "stop_replies")
+    __slots__ = (
+        "attempt_started",
+        "entry",
+        "in_queue",
+        "record",
+        "retry_timer",
+        "services",
+        "slot",
+        "stop_replies",
+    )
 
     def __init__(self, record: TaskRecord, entry: FunctionEntry, services: Services) -> None:
         self.record = record
@@ -47,6 +56,7 @@ class TaskActor(Actor):
         self.in_queue = True  # in its pool's queue (a Submit the pool has not dispatched)
         self.retry_timer: TimerHandle | None = None
         self.stop_replies: list[Reply] | None = None  # made only if someone stops it
+        self.attempt_started = 0.0  # monotonic start of the current attempt
 
     def receive(self, message: Any) -> Any:
         return _HANDLERS[type(message)](self, message)
@@ -55,10 +65,14 @@ class TaskActor(Actor):
 
     def _move(self, new: TaskState, detail: str = "") -> None:
         record = self.record
-        if new not in TRANSITIONS[record.status]:
+        old = record.status
+        if new not in TRANSITIONS[old]:
             raise IllegalTransitionError(
-                f"task {record.task_id}: illegal transition {record.status} -> {new}"
+                f"task {record.task_id}: illegal transition {old} -> {new}"
             )
+        metrics = self.entry.metrics
+        metrics.exited[old] += 1
+        metrics.entered[new] += 1
         services = self.services
         now = services.now()
         record.status = new
@@ -112,6 +126,8 @@ class TaskActor(Actor):
         now = clock.time()
         if record.started_at is None:
             record.started_at = now
+            self.entry.metrics.queue_wait.observe(now - record.created_at)
+        self.attempt_started = clock.monotonic()
         record.instance_id = instance.instance_id
         self._move(S.RUNNING, instance.instance_id)
         context = TaskContext(
@@ -134,6 +150,9 @@ class TaskActor(Actor):
         if msg.attempt != record.attempts or record.status is not S.RUNNING:
             return  # a stopped task's interrupted attempt, or one from before a restart
         self.slot = None
+        self.entry.metrics.attempt(
+            _outcome(msg), self.services.clock.monotonic() - self.attempt_started
+        )
         if msg.error is None:
             record.result_bytes = msg.result
             self._move(S.SUCCEEDED)
@@ -156,6 +175,7 @@ class TaskActor(Actor):
             self._finish()
         else:
             record.retries += 1
+            self.entry.metrics.retries += 1
             delay = self._backoff(record.retries)
             self._move(S.RETRYING, f"{what}; retry {record.retries} in {delay:.3f} s")
             if delay > 0:
@@ -232,6 +252,15 @@ class TaskActor(Actor):
             self.slot = None
             self._move(S.STOPPED, msg.detail)
             self._finish()
+
+
+def _outcome(msg: AttemptFinished) -> str:
+    """The ``outcome`` label of an attempt: succeeded, failed, timeout, or why it was cut."""
+    if msg.error is None:
+        return "succeeded"
+    if msg.interrupted is None:
+        return "failed"
+    return msg.interrupted  # timeout, stop, restart, close
 
 
 def _expired_detail(waited: float, entry: FunctionEntry) -> str:

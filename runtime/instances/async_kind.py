@@ -177,7 +177,7 @@ def interruption_error(reason: str, attempt: Attempt, instance: Instance) -> Err
     else:
         exc = InstanceRestartedError(
             f"instance {instance.instance_id} was {'closed' if reason == 'close' else 'restarted'} "
-            f"({instance.stop_reason or reason}) while this attempt ran; it is retried by the "
+            f"({instance.stop_detail or reason}) while this attempt ran; it is retried by the "
             "normal rules"
         )
     return ErrorInfo(type(exc).__name__, str(exc), "")

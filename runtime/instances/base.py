@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -104,7 +105,8 @@ class Instance:
         self.last_used = clock.monotonic()
         self.last_used_at = self.created_at
         self.hook_running: str | None = None  # "pre_freeze" / "pre_stop" while one runs
-        self.stop_reason = ""
+        self.stop_reason = ""  # why it is going, as a metric label: idle, stop, close, ...
+        self.stop_detail = ""
         self.events: deque[InstanceEvent] = deque(maxlen=64)
 
     def __repr__(self) -> str:
@@ -143,7 +145,7 @@ class Instance:
         """Run the Initializer (if any); the pool hears ``InstanceStarted`` when it is done."""
         hook = self.spec.config.initializer
         if hook is None:
-            self.pool.tell(InstanceStarted(self, None))
+            self.pool.tell(InstanceStarted(self, None, None))
             return
         self.note("initializer", "started")
         self._in_background(self._initialize(hook), "initializer")
@@ -154,29 +156,35 @@ class Instance:
             "pre_freeze", self.spec.config.pre_freeze, self.spec.config.pre_freeze_timeout
         )
 
-    def stop(self, reason: str) -> None:
-        """Run PreStop; the pool hears ``HookDone('pre_stop')`` and then calls :meth:`destroy`."""
+    def stop(self, reason: str, detail: str = "") -> None:
+        """Run PreStop; the pool hears ``HookDone('pre_stop')`` and then calls :meth:`destroy`.
+
+        ``reason`` is one of the ``stint_instance_stops_total`` reasons.
+        """
         self.state = InstanceState.STOPPING
         self.stop_reason = reason
-        self.note("stopping", reason)
+        self.stop_detail = detail or reason
+        self.note("stopping", self.stop_detail)
         self._run_hook("pre_stop", self.spec.config.pre_stop, self.spec.config.pre_stop_timeout)
 
     def _run_hook(self, name: str, hook: Callable[[Any], Any] | None, timeout: float) -> None:
         self.hook_running = name
         if hook is None:
-            self.pool.tell(HookDone(self, name, None))
+            self.pool.tell(HookDone(self, name, None, None))
             return
         self._in_background(self._hook(name, hook, timeout), name)
 
     async def _initialize(self, hook: Callable[[Any], Any]) -> None:
+        started = time.perf_counter()
         error = await call_hook(
             hook, self.context, "initializer", self.spec.config.initializer_timeout
         )
-        self.pool.tell(InstanceStarted(self, error))
+        self.pool.tell(InstanceStarted(self, error, time.perf_counter() - started))
 
     async def _hook(self, name: str, hook: Callable[[Any], Any], timeout: float) -> None:
+        started = time.perf_counter()
         error = await call_hook(hook, self.context, name, timeout)
-        self.pool.tell(HookDone(self, name, error))
+        self.pool.tell(HookDone(self, name, error, time.perf_counter() - started))
 
     def _in_background(self, coro: Any, what: str) -> None:
         self.background.start(coro, name=f"stint-{what}-{self.instance_id}")
