@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     timings = measure(variants, n, repeat, console)
     results = summarise(variants, timings, n)
     console.print(throughput_table(results, n, repeat))
+    rates = {r["variant"]: r["tasks_per_s"] for r in results}
+    if "stint-sqlite" in rates and "stint-windowed" in rates:
+        durable = rates["stint-sqlite"] / rates["stint-windowed"]
+        console.print(f"durable (sqlite, FULL) / memory store, same shape: {durable:.2f}x")
     report: dict[str, Any] = {
         "machine": machine(),
         "tasks": n,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -66,6 +67,28 @@ async def stint_async(
         elapsed = time.perf_counter() - start
         await _check_all_succeeded(rt, n)
     return elapsed
+
+
+async def stint_windowed(n: int, store: str = "memory://") -> float:
+    """stint kind "async", invokes in concurrent windows of WINDOW (callers that do not wait
+    for each other, so a durable store can commit many records per transaction)."""
+    async with Runtime(store=store) as rt:
+        rt.register("noop", noop, concurrency=100, max_instances=10, max_queued=n + 1)
+        start = time.perf_counter()
+        for base in range(0, n, WINDOW):
+            await asyncio.gather(
+                *(rt.invoke("noop", i) for i in range(base, min(n, base + WINDOW)))
+            )
+        await rt.join("noop")
+        elapsed = time.perf_counter() - start
+        await _check_all_succeeded(rt, n)
+    return elapsed
+
+
+async def stint_sqlite(n: int) -> float:
+    """The same on the durable store: sqlite, synchronous=FULL (an fsync per commit)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return await stint_windowed(n, f"sqlite:///{folder}/bench.db")
 
 
 async def _check_all_succeeded(rt: Runtime, n: int) -> None:
@@ -145,6 +168,10 @@ VARIANTS = [
     Variant("bare-asyncio", bare_create_task, "asyncio", "same, default asyncio loop"),
     Variant("stint-async", stint_async, "uvloop", "stint kind=async, memory store, metrics on"),
     Variant("stint-async-asyncio", stint_async, "asyncio", "same, default asyncio loop"),
+    Variant(
+        "stint-windowed", stint_windowed, "uvloop", "stint async, memory, 1000 invokes at once"
+    ),
+    Variant("stint-sqlite", stint_sqlite, "uvloop", "same on sqlite, synchronous=FULL"),
     Variant("aiojobs", aiojobs_scheduler, "uvloop", "aiojobs Scheduler(limit=1000)"),
     Variant(
         "pykka-per-task", pykka_actor_per_task, "uvloop", "a pykka ThreadingActor per task", 0.02

@@ -43,6 +43,11 @@ class RuntimeClosedError(StintError):
     """Raised by calls on a runtime that is not started, or is closing or closed."""
 
 
+class StoreError(StintError):
+    """Raised by ``start`` when the store cannot be used (locked, corrupt, newer schema),
+    and by ``invoke`` when the record could not be written."""
+
+
 class WaitTimeoutError(StintError, TimeoutError):
     """Raised by ``wait`` when the task is not terminal within ``timeout`` seconds."""
 

@@ -92,6 +92,12 @@ class InstanceReplaced:
         self.detail = detail
 
 
+class Recover:
+    """The runtime restarted and found this task unfinished in a durable store."""
+
+    __slots__ = ()
+
+
 class RetryDue:
     """The backoff before the next attempt is over."""
 

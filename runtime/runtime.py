@@ -32,6 +32,7 @@ from .messages import (
     DescribeInstances,
     Drain,
     Interrupt,
+    Recover,
     RemoveFunction,
     RequestStop,
     Shutdown,
@@ -85,6 +86,7 @@ class Runtime:
         self._functions: dict[str, FunctionEntry] = {}
         self._pools: list[ActorRef] = []  # every pool ever started, retiring ones included
         self._live: dict[str, ActorRef] = {}  # task id -> actor, while the task is not terminal
+        self._orphans: dict[str, builtins.list[TaskRecord]] = {}  # recovered, function unknown
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._join_waiters: list[tuple[str | None, asyncio.Future[None]]] = []
         self._new_id = TaskIdGenerator()
@@ -140,7 +142,7 @@ class Runtime:
                 f"this runtime is {self._state}; create a new Runtime to start again"
             )
         self._system = ActorSystem(clock=self.clock)
-        await self._store.open()
+        recovered = await self._store.open()
         self._services = Services(
             self._system,
             self.clock,
@@ -156,10 +158,38 @@ class Runtime:
         self._collector.bind(asyncio.get_running_loop())
         for entry in self._functions.values():
             self._start_pool(entry)
+        self._recover(recovered)
         host, port = self._metrics_address
         if port is not None:
             await self.serve_metrics(host=host, port=port)
         self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
+
+    def _recover(self, records: builtins.list[TaskRecord]) -> None:
+        """Adopt the unfinished tasks a durable store found (each task actor applies the rules).
+
+        Tasks of a function not registered yet wait until it is.
+        """
+        for record in records:
+            entry = self._functions.get(record.function)
+            if entry is None:
+                self._orphans.setdefault(record.function, []).append(record)
+            else:
+                self._adopt(record, entry)
+        for function, waiting in self._orphans.items():
+            logger.info(
+                "%d unfinished task(s) of %r recover once it is registered", len(waiting), function
+            )
+
+    def _adopt(self, record: TaskRecord, entry: FunctionEntry) -> None:
+        assert self._system is not None and entry.pool is not None
+        ref = self._system.spawn(
+            TaskActor, record, entry, self._services, name=record.task_id, parent=self._supervisor
+        )
+        self._live[record.task_id] = ref
+        entry.live += 1
+        if record.status in (TaskState.ENQUEUED, TaskState.DEQUEUED):
+            entry.queued += 1
+        ref.tell(Recover())
 
     async def close(self) -> None:
         """Stop accepting tasks, let running ones finish (up to ``close_timeout``), run
@@ -259,6 +289,8 @@ class Runtime:
         self._functions[name] = entry
         if self._state == "started":
             self._start_pool(entry)
+            for record in self._orphans.pop(name, []):
+                self._adopt(record, entry)
 
     def function(self, name: str | None = None, **config: Any) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; returns the function unchanged."""

@@ -21,6 +21,7 @@ from .messages import (
     Dispatch,
     InstanceReplaced,
     Invalidate,
+    Recover,
     RequestStop,
     RestartInstance,
     RetryDue,
@@ -97,7 +98,12 @@ class TaskActor(Actor):
     def _on_dispatch(self, msg: Dispatch) -> None:
         self.in_queue = False
         status = self.record.status
-        if status is S.ENQUEUED:
+        if status is S.DEQUEUED:  # recovered after a restart: dequeued again
+            if msg.expired_after is not None:
+                self._move(S.EXPIRED, _expired_detail(msg.expired_after, self.entry))
+                self._finish()
+                return
+        elif status is S.ENQUEUED:
             if msg.expired_after is not None:
                 self._move(S.DEQUEUED)
                 self._move(S.EXPIRED, _expired_detail(msg.expired_after, self.entry))
@@ -202,6 +208,35 @@ class TaskActor(Actor):
         self.in_queue = True
         self.entry.pool.tell(Submit(self.ref, self.services.clock.monotonic(), retry=True))
 
+    def _on_recover(self, _: Recover) -> None:
+        """Pick the task up where a crashed runtime left it (docs/stores.md)."""
+        record = self.record
+        status = record.status
+        self.entry.metrics.entered[status] += 1  # this runtime adopts it in that state
+        self.in_queue = False
+        if status in (S.ENQUEUED, S.DEQUEUED):
+            self._note("recovered after a restart: queued again")
+            assert self.entry.pool is not None
+            self.in_queue = True
+            self.entry.pool.tell(Submit(self.ref, self.services.clock.monotonic()))
+        elif status is S.RUNNING:
+            self._note("recovered after a restart: the attempt under way was lost")
+            lost = ErrorInfo("RuntimeRestartedError", "runtime restarted during attempt", "")
+            self._attempt_failed(lost, retryable=True)
+        elif status is S.RETRYING:
+            self._note("recovered after a restart: the retry goes ahead")
+            self._submit()
+        elif status is S.STOPPING:
+            self._move(S.STOPPED, "recovered after a restart: the stop completes")
+            self._finish()
+
+    def _note(self, detail: str) -> None:
+        """An event that is not a transition (the state stays): recovery steps."""
+        record = self.record
+        record._events.append((NAME[record.status], self.services.now(), detail))
+        if self.services.store_update is not None:
+            self.services.store_update(record)
+
     def _on_invalidate(self, msg: Invalidate) -> None:
         status = self.record.status
         if status is S.ENQUEUED:
@@ -284,4 +319,5 @@ _HANDLERS: dict[type, Callable[[TaskActor, Any], Any]] = {
     Invalidate: TaskActor._on_invalidate,
     RequestStop: TaskActor._on_request_stop,
     InstanceReplaced: TaskActor._on_instance_replaced,
+    Recover: TaskActor._on_recover,
 }

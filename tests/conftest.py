@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,12 +29,25 @@ def clock() -> ManualClock:
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """Every test that builds its runtime with ``make_runtime`` runs on each store."""
+    if request.param == "memory":
+        return "memory://"
+    return f"sqlite:///{tmp_path / 'tasks.db'}"
+
+
 @pytest.fixture
-async def make_runtime() -> AsyncIterator[RuntimeFactory]:
-    """Start runtimes for a test; each is closed afterwards and must have had no actor failure."""
+async def make_runtime(store_url: str) -> AsyncIterator[RuntimeFactory]:
+    """Start runtimes for a test; each is closed afterwards and must have had no actor failure.
+
+    Without an explicit ``store=``, the first runtime uses the parametrized store
+    (later ones get memory, so a test can build two without sharing a file).
+    """
     made: list[Runtime] = []
 
     async def make(**kwargs: Any) -> Runtime:
+        kwargs.setdefault("store", store_url if not made else "memory://")
         kwargs.setdefault("tick_interval", 0.01)
         kwargs.setdefault("close_timeout", 5.0)
         rt = Runtime(**kwargs)

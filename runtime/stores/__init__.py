@@ -1,4 +1,4 @@
-"""Stores, chosen by URL: ``memory://`` (default). One module per store."""
+"""Stores, chosen by URL: ``memory://`` (default), ``sqlite:///path.db``. One module per store."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from actors import Clock
 from ..errors import ConfigError
 from .base import Store
 from .memory import DEFAULT_MAX_AGE, DEFAULT_MAX_RECORDS, MemoryStore
+from .sqlite import DEFAULT_MAX_AGE as DEFAULT_SQLITE_MAX_AGE
+from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "SQLiteStore", "Store", "open_store"]
 
 
 def open_store(url: str, clock: Clock) -> Store:
@@ -26,9 +28,31 @@ def open_store(url: str, clock: Clock) -> Store:
         max_age = _number(options.pop("max_age", DEFAULT_MAX_AGE), "max_age", float)
         _no_leftovers(url, options, "max_records, max_age")
         return MemoryStore(clock, max_records=int(max_records), max_age=max_age, url=url)
+    if parts.scheme == "sqlite":
+        return _sqlite(url, parts.netloc, parts.path, options, clock)
     raise ConfigError(
-        f"unknown store URL {url!r}: use 'memory://' (optionally ?max_records=N&max_age=S)"
+        f"unknown store URL {url!r}: use 'memory://' (optionally ?max_records=N&max_age=S) "
+        "or 'sqlite:///relative/path.db' / 'sqlite:////absolute/path.db'"
     )
+
+
+def _sqlite(url: str, netloc: str, path: str, options: dict[str, str], clock: Clock) -> Store:
+    # As SQLAlchemy spells it: sqlite:///relative.db and sqlite:////absolute/path.db
+    if netloc or not path.startswith("/") or len(path) < 2:
+        raise ConfigError(
+            f"store URL {url!r} names no file: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    file = path[1:]
+    synchronous = options.pop("synchronous", "full").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError(
+            f"synchronous={synchronous.lower()!r} in {url!r} is not supported: use 'full' "
+            "(survives power loss, the default) or 'normal' (survives a process crash)"
+        )
+    max_age = _number(options.pop("max_age", DEFAULT_SQLITE_MAX_AGE), "max_age", float)
+    _no_leftovers(url, options, "synchronous, max_age")
+    return SQLiteStore(file, clock, synchronous=synchronous, max_age=max_age, url=url)
 
 
 def _number(raw: str | float, key: str, kind: type[int] | type[float]) -> float:

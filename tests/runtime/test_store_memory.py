@@ -53,7 +53,7 @@ async def test_finished_records_are_invisible_to_the_gc(make_runtime: RuntimeFac
 
     from runtime.stores.memory import MemoryStore
 
-    rt = await make_runtime()
+    rt = await make_runtime(store="memory://")
     rt.register("echo", echo)
     ids = [await rt.invoke("echo", {"n": i}) for i in range(200)]
     await rt.join("echo", timeout=5)
