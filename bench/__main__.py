@@ -27,6 +27,8 @@ from runtime.loop import run
 from . import probes
 from .variants import VARIANTS, Variant
 
+KINDS = ("async", "thread", "process")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -114,27 +116,32 @@ def throughput_table(results: list[dict[str, Any]], n: int, repeat: int) -> Tabl
 
 def run_probes(quick: bool, console: Console) -> dict[str, Any]:
     sizes = (
-        {"latency": 300, "stop": 10, "cold": 5, "memory": 2_000, "sweep": 1_000}
+        {"latency": 300, "stop": 5, "cold": 3, "memory": 2_000, "sweep": 1_000}
         if quick
-        else {"latency": 20_000, "stop": 200, "cold": 50, "memory": 100_000, "sweep": 50_000}
+        else {"latency": 20_000, "stop": 100, "cold": 30, "memory": 100_000, "sweep": 50_000}
     )
     levels = [1, 10] if quick else [1, 10, 100, 1000]
     with console.status("latency, stop, cold start, memory, concurrency sweep"):
         found: dict[str, Any] = {
             "round_trip_seconds": run(probes.round_trip_latency(sizes["latency"])),
-            "stop_seconds": run(probes.stop_latency(sizes["stop"])),
-            "cold_start_seconds": run(probes.cold_start(sizes["cold"])),
+            **{
+                f"stop_seconds_{kind}": run(probes.stop_latency(sizes["stop"], kind))
+                for kind in KINDS
+            },
+            **{
+                f"cold_start_seconds_{kind}": run(probes.cold_start(sizes["cold"], kind))
+                for kind in KINDS
+            },
             "memory": run(probes.memory_per_record(sizes["memory"])),
             "concurrency_sweep": run(probes.concurrency_sweep(sizes["sweep"], levels)),
         }
-    table = Table(title="latency and footprint (stint kind=async)")
+    table = Table(title="latency and footprint")
     for column in ("probe", "p50", "p99", "p99.9", "samples"):
         table.add_column(column, justify="left" if column == "probe" else "right")
-    for key, label in (
-        ("round_trip_seconds", "invoke -> Succeeded, no load"),
-        ("stop_seconds", "stop of a Running task"),
-        ("cold_start_seconds", "instance cold start"),
-    ):
+    rows = [("round_trip_seconds", "invoke -> Succeeded, no load (async)")]
+    rows += [(f"stop_seconds_{k}", f"stop of a Running task ({k})") for k in KINDS]
+    rows += [(f"cold_start_seconds_{k}", f"instance cold start ({k})") for k in KINDS]
+    for key, label in rows:
         p = found[key]
         table.add_row(
             label, *(f"{p[q] * 1e6:,.1f} µs" for q in ("p50", "p99", "p99.9")), str(p["n"])

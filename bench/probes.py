@@ -9,9 +9,10 @@ import time
 import tracemalloc
 from typing import Any
 
-from runtime import Runtime
+from runtime import Runtime, TaskState
 
-from .variants import noop, stint_async, yield_once
+from .handlers import blocking_noop, until_stopped
+from .variants import noop, stint_async, until_cancelled, yield_once
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -36,33 +37,30 @@ async def round_trip_latency(n: int) -> dict[str, float]:
     return percentiles(samples)
 
 
-async def stop_latency(n: int) -> dict[str, float]:
-    """``rt.stop`` of a Running async task: PreStop, instance replaced, Stopped."""
-    running: asyncio.Queue[str] = asyncio.Queue()
-
-    async def block(event: Any, ctx: Any) -> None:
-        running.put_nowait(ctx.task_id)
-        await asyncio.Event().wait()
-
-    async with Runtime() as rt:
-        rt.register("block", block)
+async def stop_latency(n: int, kind: str = "async") -> dict[str, float]:
+    """``rt.stop`` of a Running task: PreStop, the instance replaced, Stopped."""
+    handler = until_cancelled if kind == "async" else until_stopped
+    async with Runtime(tick_interval=0.005) as rt:
+        rt.register("block", handler, kind=kind)
         samples = []
         for _ in range(n):
-            await rt.invoke("block")
-            task_id = await running.get()
+            task_id = await rt.invoke("block")
+            while (await rt.get(task_id)).status is not TaskState.RUNNING:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)  # a probe may poll before what it measures
             start = time.perf_counter()
             await rt.stop(task_id)
             samples.append(time.perf_counter() - start)
     return percentiles(samples)
 
 
-async def cold_start(n: int) -> dict[str, float]:
+async def cold_start(n: int, kind: str = "async") -> dict[str, float]:
     """From an instance's creation to Ready (no Initializer), read off its own events."""
     samples = []
+    handler = noop if kind == "async" else blocking_noop
     async with Runtime() as rt:
         for i in range(n):
             name = f"cold{i}"
-            rt.register(name, noop)
+            rt.register(name, handler, kind=kind)
             await rt.wait(await rt.invoke(name))
             [info] = await rt.instances(name)
             times = {event.event: event.timestamp for event in info.events}

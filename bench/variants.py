@@ -21,6 +21,8 @@ import pykka
 
 from runtime import Runtime, TaskState
 
+from .handlers import blocking_noop
+
 WINDOW = 1_000  # tasks in flight at most, for the variants that window their work
 
 
@@ -33,8 +35,8 @@ async def yield_once(event: object, ctx: object = None) -> object:
     return event
 
 
-def blocking_noop(event: object, ctx: object = None) -> object:
-    return event
+async def until_cancelled(event: object, ctx: Any) -> None:
+    await asyncio.Event().wait()
 
 
 async def bare_create_task(n: int) -> float:
@@ -154,6 +156,35 @@ async def process_executor(n: int) -> float:
         return time.perf_counter() - start
 
 
+async def stint_kind(n: int, kind: str, instances: int, concurrency: int) -> float:
+    """stint kind "thread" or "process" running a blocking no-op, WINDOW invokes at once."""
+    async with Runtime() as rt:
+        rt.register(
+            "noop", blocking_noop, kind=kind, max_instances=instances, concurrency=concurrency,
+            min_instances=instances, max_queued=n + 1, freeze_after=3600,
+        )  # fmt: skip
+        # warm every instance first: the executors below are started beforehand too
+        await asyncio.gather(*(rt.invoke("noop", -1) for _ in range(instances * concurrency)))
+        await rt.join("noop")
+        start = time.perf_counter()
+        for base in range(0, n, WINDOW):
+            await asyncio.gather(
+                *(rt.invoke("noop", i) for i in range(base, min(n, base + WINDOW)))
+            )
+        await rt.join("noop")
+        elapsed = time.perf_counter() - start
+        await _check_all_succeeded(rt, n)
+    return elapsed
+
+
+async def stint_thread(n: int) -> float:
+    return await stint_kind(n, "thread", instances=10, concurrency=1)
+
+
+async def stint_process(n: int) -> float:
+    return await stint_kind(n, "process", instances=2, concurrency=50)
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -176,7 +207,9 @@ VARIANTS = [
     Variant(
         "pykka-per-task", pykka_actor_per_task, "uvloop", "a pykka ThreadingActor per task", 0.02
     ),
+    Variant("stint-thread", stint_thread, "uvloop", "stint kind=thread, 10 instances", 0.1),
     Variant("thread-executor", thread_executor, "uvloop", "run_in_executor, 10 threads", 0.1),
+    Variant("stint-process", stint_process, "uvloop", "stint kind=process, 2 workers", 0.05),
     Variant(
         "process-executor", process_executor, "uvloop", "ProcessPoolExecutor, 2 processes", 0.05
     ),

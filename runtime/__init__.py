@@ -1,18 +1,22 @@
 """stint: an embeddable asyncio actor-model runtime for stateful asynchronous function invocations.
 
-from runtime import Runtime, TaskState
+    from runtime import Runtime, TaskState
 
-async with Runtime() as rt:
-    rt.register("resize", resize, max_retries=3)
-    task_id = await rt.invoke("resize", {"url": "..."})
-    record = await rt.wait(task_id)
+    async with Runtime() as rt:
+        rt.register("resize", resize, max_retries=3)
+        task_id = await rt.invoke("resize", {"url": "..."})
+        record = await rt.wait(task_id)
+
+Names are imported on first use (PEP 562), so a process that needs only a piece
+of stint — a ``kind="process"`` worker — does not pay for all of it.
 """
 
-from actors import ManualClock, SystemClock
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .config import FunctionConfig, FunctionSpec
-from .context import InstanceContext, TaskContext
 from .errors import (
     ConfigError,
     FunctionNotFoundError,
@@ -22,17 +26,57 @@ from .errors import (
     QueueFullError,
     RuntimeClosedError,
     StintError,
+    StoreError,
     TaskExistsError,
     TaskFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
 )
-from .instances import InstanceEvent, InstanceInfo
-from .record import ErrorInfo, TaskEvent, TaskRecord
-from .runtime import Runtime
-from .states import TRANSITIONS, InstanceState, TaskState
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Runtime": ".runtime",
+    "TaskState": ".states",
+    "InstanceState": ".states",
+    "TRANSITIONS": ".states",
+    "TaskRecord": ".record",
+    "TaskEvent": ".record",
+    "ErrorInfo": ".record",
+    "FunctionConfig": ".config",
+    "FunctionSpec": ".config",
+    "InstanceContext": ".context",
+    "TaskContext": ".context",
+    "InstanceInfo": ".instances",
+    "InstanceEvent": ".instances",
+    "ManualClock": "actors",
+    "SystemClock": "actors",
+    "codec": ".codec",
+}
+
+if TYPE_CHECKING:
+    from actors import ManualClock, SystemClock
+
+    from . import codec
+    from .config import FunctionConfig, FunctionSpec
+    from .context import InstanceContext, TaskContext
+    from .instances import InstanceEvent, InstanceInfo
+    from .record import ErrorInfo, TaskEvent, TaskRecord
+    from .runtime import Runtime
+    from .states import TRANSITIONS, InstanceState, TaskState
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    if name == "codec":
+        value: Any = importlib.import_module(module, __name__)
+    else:
+        value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "TRANSITIONS",
@@ -53,6 +97,7 @@ __all__ = [
     "Runtime",
     "RuntimeClosedError",
     "StintError",
+    "StoreError",
     "SystemClock",
     "TaskContext",
     "TaskEvent",
@@ -62,5 +107,6 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "WaitTimeoutError",
+    "codec",
     "errors",
 ]

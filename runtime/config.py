@@ -11,7 +11,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-KINDS = ("async",)
+KINDS = ("async", "thread", "process")
+_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_HOOKS = ("initializer", "pre_freeze", "pre_stop")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 
 Hook = Callable[[Any], Any]
@@ -49,11 +51,15 @@ class FunctionSpec:
     """A registered function: its name, its handler and its validated configuration."""
 
     name: str
-    handler: Callable[..., Any]
+    handler: Callable[..., Any] | str
     config: FunctionConfig
+    #: kind "process": import paths ("package.module:function") of the handler and hooks
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def make_spec(name: str, handler: Callable[..., Any], options: dict[str, Any]) -> FunctionSpec:
+def make_spec(
+    name: str, handler: Callable[..., Any] | str, options: dict[str, Any]
+) -> FunctionSpec:
     """Validate a registration and return its spec, or raise :class:`ConfigError`."""
     check_name(name)
     unknown = sorted(set(options) - _FIELDS)
@@ -64,7 +70,14 @@ def make_spec(name: str, handler: Callable[..., Any], options: dict[str, Any]) -
         )
     config = FunctionConfig(**options)
     _check_config(config)
-    _check_handler(name, handler, config.kind)
+    if config.kind == "process":
+        return FunctionSpec(name, handler, config, _process_paths(name, handler, config))
+    if isinstance(handler, str):
+        raise ConfigError(
+            f"the handler of {name!r} is an import path ({handler!r}); import paths are for "
+            f"kind='process': pass the function itself for kind={config.kind!r}"
+        )
+    _check_handler(name, handler, config)
     return FunctionSpec(name, handler, config)
 
 
@@ -98,9 +111,13 @@ def _check_config(c: FunctionConfig) -> None:
         )
     for key in ("initializer_timeout", "pre_freeze_timeout", "pre_stop_timeout"):
         _seconds(key, getattr(c, key), positive=True)
-    for key in ("initializer", "pre_freeze", "pre_stop"):
+    for key in _HOOKS:
         hook = getattr(c, key)
-        if hook is not None and not callable(hook):
+        if (
+            hook is not None
+            and not callable(hook)
+            and not (c.kind == "process" and isinstance(hook, str))
+        ):
             raise ConfigError(
                 f"{key} must be a callable taking the instance context, or None; "
                 f"got {type(hook).__name__}"
@@ -135,12 +152,69 @@ def is_coroutine_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _check_handler(name: str, handler: Callable[..., Any], kind: str) -> None:
+def _check_handler(name: str, handler: Callable[..., Any], config: FunctionConfig) -> None:
     if not callable(handler):
         raise ConfigError(f"the handler of {name!r} must be callable, got {type(handler).__name__}")
+    kind = config.kind
     if kind == "async" and not is_coroutine_callable(handler):
         raise ConfigError(
             f"the handler of {name!r} is not a coroutine function, but kind='async' awaits it "
             "on the event loop; write it as 'async def', or register a blocking function "
             "with kind='thread'"
         )
+    if kind == "thread":
+        if is_coroutine_callable(handler):
+            raise ConfigError(
+                f"the handler of {name!r} is a coroutine function, but kind='thread' calls it on "
+                "a thread of its own; register it with kind='async' instead"
+            )
+        if config.concurrency != 1:
+            raise ConfigError(
+                f"concurrency={config.concurrency} is out of range for kind='thread': an instance "
+                "is one thread running one task at a time, so it must be 1; raise max_instances "
+                "for more threads"
+            )
+        for key in ("initializer", "pre_freeze", "pre_stop"):
+            hook = getattr(config, key)
+            if hook is not None and is_coroutine_callable(hook):
+                raise ConfigError(
+                    f"{key} of {name!r} is a coroutine function, but kind='thread' runs hooks on "
+                    "the instance's thread; make it a plain function"
+                )
+
+
+def import_path(fn: object) -> str | None:
+    """``"package.module:function"`` for a module-level function, None if it has none."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<locals>" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def _process_paths(name: str, handler: object, config: FunctionConfig) -> dict[str, str]:
+    """Kind "process" runs code in another interpreter: everything is named by import path."""
+    paths = {"handler": _path_of(name, "handler", handler)}
+    for key in _HOOKS:
+        hook = getattr(config, key)
+        if hook is not None:
+            paths[key] = _path_of(name, key, hook)
+    return paths
+
+
+def _path_of(name: str, what: str, target: object) -> str:
+    if isinstance(target, str):
+        if not _PATH_RE.match(target):
+            raise ConfigError(
+                f"{what} of {name!r} is {target!r}; kind='process' names code by import path, "
+                "like 'package.module:function'"
+            )
+        return target
+    path = import_path(target)
+    if path is None or not callable(target):
+        raise ConfigError(
+            f"{what} of {name!r} cannot be imported by a worker process (it is defined in "
+            "__main__ or inside a function); define it at module level in an importable "
+            "module, or pass its import path as 'package.module:function'"
+        )
+    return path

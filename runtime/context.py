@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -28,7 +29,7 @@ class InstanceContext:
 class TaskContext:
     """The second argument of every handler call: which task, which attempt, how long."""
 
-    __slots__ = ("attempt", "deadline", "function", "instance", "task_id")
+    __slots__ = ("_stop", "attempt", "deadline", "function", "instance", "task_id")
 
     def __init__(
         self,
@@ -45,6 +46,27 @@ class TaskContext:
         #: Epoch seconds after which this attempt counts as timed out.
         self.deadline = deadline
         self.instance = instance
+        self._stop: threading.Event | None = None
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the runtime wants this attempt to end (stop, timeout, restart, close).
+
+        A blocking handler (kind "thread") should check it between steps and return
+        early; an async handler is cancelled instead, and sees it set as well.
+        """
+        stop = self._stop
+        return stop is not None and stop.is_set()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """The flag behind :attr:`stop_requested`, to ``wait(timeout)`` on between steps."""
+        if self._stop is None:
+            self._stop = threading.Event()
+        return self._stop
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
 
     def remaining(self) -> float:
         """Seconds left before the attempt's deadline (never negative)."""

@@ -30,13 +30,16 @@ async def call_hook(
             if inspect.isawaitable(result):
                 await result
     except TimeoutError:
-        message = (
-            f"{name} did not finish within {timeout} s; make it faster or raise {name}_timeout"
-        )
-        return ErrorInfo("TimeoutError", message, "")
+        return hook_timeout(name, timeout)
     except Exception as exc:
         return error_info(exc)
     return None
+
+
+def hook_timeout(name: str, timeout: float) -> ErrorInfo:
+    """The error recorded for a hook that overran its timeout (every kind)."""
+    message = f"{name} did not finish within {timeout} s; make it faster or raise {name}_timeout"
+    return ErrorInfo("TimeoutError", message, "")
 
 
 class BackgroundTasks:

@@ -155,6 +155,17 @@ class InstanceStarted:
         self.seconds = seconds  # how long the Initializer ran (None: there is none)
 
 
+class InstanceCrashed:
+    """An instance's worker died or broke the protocol; its attempts are already failed."""
+
+    __slots__ = ("detail", "instance", "protocol")
+
+    def __init__(self, instance: Instance, detail: str, protocol: bool) -> None:
+        self.instance = instance
+        self.detail = detail
+        self.protocol = protocol  # True when it sent bytes that are not a valid frame
+
+
 class HookDone:
     """A PreFreeze or PreStop hook ended (``error`` says how it failed, if it did)."""
 

@@ -77,6 +77,7 @@ class FunctionMetrics:
         "instance_stops",
         "instances",
         "kind",
+        "protocol_errors",
         "queue_wait",
         "retries",
         "submitted",
@@ -91,6 +92,7 @@ class FunctionMetrics:
         self.attempts: dict[str, Histogram] = {}
         self.queue_wait = Histogram()
         self.instance_starts = 0
+        self.protocol_errors = 0  # worker frames that were not valid (kind "process")
         self.instance_stops: Counter[str] = Counter()
         self.hooks: dict[str, Histogram] = {}
         self.hook_failures: Counter[str] = Counter()
@@ -217,7 +219,14 @@ def _instance_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
         "Instances gone, by reason (idle, stop, timeout, crash, close, abandoned, start_failed).",
         labels=["function", "kind", "reason"],
     )
+    protocol = CounterMetricFamily(
+        "stint_worker_protocol_errors",
+        "Malformed or oversized frames from worker processes (each ends that worker).",
+        labels=["function"],
+    )
     for name, m in functions.items():
+        if m.kind == "process":
+            protocol.add_metric([name], m.protocol_errors)
         by_state = Counter(instance.state for instance in m.instances.values())
         for state in InstanceState:
             if state is not InstanceState.STOPPED:
@@ -225,7 +234,7 @@ def _instance_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
         starts.add_metric([name, m.kind], m.instance_starts)
         for reason, count in sorted(m.instance_stops.items()):
             stops.add_metric([name, m.kind, reason], count)
-    return [instances, starts, stops]
+    return [instances, starts, stops, protocol]
 
 
 def _hook_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:

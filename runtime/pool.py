@@ -23,6 +23,7 @@ from .messages import (
     Dispatch,
     Drain,
     HookDone,
+    InstanceCrashed,
     InstanceReplaced,
     InstanceStarted,
     Interrupt,
@@ -57,6 +58,7 @@ class InstancePoolActor(Actor):
         self.starting_free: list[Slot] = []  # free slots of instances still starting
         self.reserved: dict[ActorRef, Slot] = {}
         self.restarts: dict[Instance, list[ActorRef]] = {}  # instance -> tasks stopped on it
+        self.abandoned: dict[str, Instance] = {}  # destroyed, but would not end (threads)
         self.draining = False  # closing or unregistered: no new task starts
         self.unregistered = False
         self.shutting_down = False  # PreStop is being run on every instance
@@ -226,7 +228,8 @@ class InstancePoolActor(Actor):
         self._dispatch()
 
     def _start_failed(self, instance: Instance, error: ErrorInfo) -> None:
-        instance.note("initializer_failed", f"{error.type}: {error.message}", warn=True)
+        instance.note("start_failed", f"{error.type}: {error.message}", warn=True)
+        instance.destroy()  # whatever it holds (a thread, a worker process) goes with it
         instance.state = IS.STOPPED
         self.metrics.instance_stops["start_failed"] += 1
         del self.instances[instance.instance_id]
@@ -269,15 +272,40 @@ class InstancePoolActor(Actor):
 
     def _on_restart_instance(self, msg: RestartInstance) -> None:
         instance = msg.slot.instance
-        waiting = self.restarts.setdefault(instance, [])
-        waiting.append(msg.task)
+        self.restarts.setdefault(instance, []).append(msg.task)
         if instance.state is IS.STOPPING:  # already on its way out
             instance.interrupt(msg.slot, "stop")
             return
+        self._restart(instance, "stop", f"restart: task {msg.task.name} was stopped", msg.slot)
+
+    def _restart(self, instance: Instance, reason: str, detail: str, cause: Slot) -> None:
+        """Cut every attempt on ``instance`` short, run PreStop, and replace it."""
         for slot in instance.slots:
             if slot.attempt is not None:
-                instance.interrupt(slot, "stop" if slot is msg.slot else "restart")
-        self._stop_instance(instance, "stop", f"restart: task {msg.task.name} was stopped")
+                instance.interrupt(slot, reason if slot is cause else "restart")
+        instance.replace = True
+        self._stop_instance(instance, reason, detail)
+
+    def _on_instance_crashed(self, msg: InstanceCrashed) -> None:
+        instance = msg.instance
+        if self.instances.get(instance.instance_id) is not instance:
+            return
+        del self.instances[instance.instance_id]
+        self._drop_free_slots(instance)
+        instance.hook_running = None
+        instance.state = IS.STOPPED
+        instance.note("crashed", msg.detail, warn=True)
+        self.metrics.instance_stops["crash"] += 1
+        if msg.protocol:
+            self.metrics.protocol_errors += 1
+        for task in self.restarts.pop(instance, []):  # a stop under way: the instance is gone
+            task.tell(InstanceReplaced(f"instance {instance.instance_id} crashed: {msg.detail}"))
+        if not self.draining:
+            self._ensure_min()
+        self._dispatch()
+        self._check_drained()
+        if self.shutting_down:
+            self._check_shutdown()
 
     def _on_hook_done(self, msg: HookDone) -> None:
         instance = msg.instance
@@ -305,15 +333,25 @@ class InstancePoolActor(Actor):
     def _destroyed(self, instance: Instance) -> None:
         instance.destroy()
         instance.state = IS.STOPPED
-        instance.note("stopped", instance.stop_detail)
-        self.metrics.instance_stops[instance.stop_reason] += 1
         self.instances.pop(instance.instance_id, None)
-        stopped_tasks = self.restarts.pop(instance, [])
-        for task in stopped_tasks:
+        if instance.abandoned:
+            # It would not end (a thread ignoring its stop flag): counted, listed by
+            # rt.instances() until it does, and replaced like any other.
+            instance.note("abandoned", f"still running after {instance.stop_detail}", warn=True)
+            self.metrics.instance_stops["abandoned"] += 1
+            self.abandoned[instance.instance_id] = instance
+        else:
+            instance.note("stopped", instance.stop_detail)
+            self.metrics.instance_stops[instance.stop_reason] += 1
+        for task in self.restarts.pop(instance, []):
             task.tell(
                 InstanceReplaced(f"PreStop ran and instance {instance.instance_id} was replaced")
             )
-        if stopped_tasks and not self.draining and len(self.instances) < self.config.max_instances:
+        if (
+            instance.replace
+            and not self.draining
+            and len(self.instances) < self.config.max_instances
+        ):
             self._start_instance()  # the restart: a fresh instance runs the Initializer
         self._ensure_min()
         self._dispatch()
@@ -332,10 +370,7 @@ class InstancePoolActor(Actor):
         config = self.config
         for instance in list(self.instances.values()):
             if instance.in_flight:
-                for slot in instance.slots:
-                    attempt = slot.attempt
-                    if attempt is not None and attempt.deadline <= now:
-                        instance.interrupt(slot, "timeout")
+                self._enforce_timeouts(instance, now)
                 continue
             if instance.hook_running is not None or instance.state not in (IS.READY, IS.FROZEN):
                 continue
@@ -349,7 +384,26 @@ class InstancePoolActor(Actor):
                 instance.freeze()
         if not self.draining:
             self._ensure_min()
+        if self.abandoned:
+            self._prune_abandoned()
         self._dispatch()
+
+    def _enforce_timeouts(self, instance: Instance, now: float) -> None:
+        for slot in instance.slots:
+            attempt = slot.attempt
+            if attempt is None or attempt.deadline > now or instance.state is IS.STOPPING:
+                continue
+            if instance.restart_on_timeout:
+                detail = f"restart: an attempt of {attempt.task.name} ran past the timeout"
+                self._restart(instance, "timeout", detail, slot)
+                return
+            instance.interrupt(slot, "timeout")
+
+    def _prune_abandoned(self) -> None:
+        for instance_id, instance in list(self.abandoned.items()):
+            if not instance.still_running():
+                instance.note("ended", "the abandoned instance finally stopped")
+                del self.abandoned[instance_id]
 
     def _above_min(self) -> bool:
         alive = sum(1 for i in self.instances.values() if i.state is not IS.STOPPING)
@@ -421,7 +475,8 @@ class InstancePoolActor(Actor):
             self.stop_self()
 
     def _on_describe(self, _: DescribeInstances) -> list[Any]:
-        return [instance.info() for instance in self.instances.values()]
+        gone = [instance.info() for instance in self.abandoned.values()]
+        return [instance.info() for instance in self.instances.values()] + gone
 
     def _unregistered_reason(self) -> str:
         return f"function {self.spec.name!r} was unregistered before the task ran"
@@ -438,6 +493,7 @@ _HANDLERS: dict[type, Callable[[InstancePoolActor, Any], Any]] = {
     SlotFree: InstancePoolActor._on_slot_free,
     Withdraw: InstancePoolActor._on_withdraw,
     InstanceStarted: InstancePoolActor._on_instance_started,
+    InstanceCrashed: InstancePoolActor._on_instance_crashed,
     RestartInstance: InstancePoolActor._on_restart_instance,
     HookDone: _after_destroy,
     Sweep: InstancePoolActor._on_sweep,

@@ -209,7 +209,7 @@ class Runtime:
             (e.spec.config.pre_stop_timeout for e in self._functions.values()), default=0
         )
         await self._ask_all(pools, Shutdown, longest_pre_stop + 5.0)
-        await self._background.wait(timeout=1.0)
+        await self._background.wait(timeout=3.0)  # worker processes get 1 s to exit
         assert self._system is not None
         self._system.close()
         for waiters in self._waiters.values():

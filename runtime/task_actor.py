@@ -12,7 +12,6 @@ from typing import Any
 
 from actors import Actor, Reply, TimerHandle
 
-from . import codec
 from .context import TaskContext
 from .errors import IllegalTransitionError, TaskFinishedError
 from .instances.base import Attempt, Slot
@@ -126,7 +125,6 @@ class TaskActor(Actor):
         clock = self.services.clock
         instance = slot.instance
         timeout = self.entry.spec.config.timeout
-        event = codec.decode(record.payload_bytes)
         record.attempts += 1
         number = record.attempts
         now = clock.time()
@@ -139,7 +137,8 @@ class TaskActor(Actor):
         context = TaskContext(
             record.task_id, record.function, number, now + timeout, instance.context
         )
-        instance.run(slot, Attempt(self.ref, number, event, context, clock.monotonic() + timeout))
+        deadline = clock.monotonic() + timeout
+        instance.run(slot, Attempt(self.ref, number, record.payload_bytes, context, deadline))
 
     def _on_start_failed(self, msg: StartFailed) -> None:
         self.slot = None

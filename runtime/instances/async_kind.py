@@ -39,6 +39,7 @@ class AsyncInstance(Instance):
 
     def interrupt(self, slot: Slot, reason: str) -> None:
         if slot.attempt is not None:
+            slot.attempt.context.request_stop()
             self._workers[slot.index].interrupt(slot.attempt, reason)
 
     def destroy(self) -> None:
@@ -122,8 +123,9 @@ class _SlotWorker:
 
     async def _attempt(self, attempt: Attempt) -> AttemptFinished:
         handler = self.instance.spec.handler
+        assert callable(handler)  # kind "async" was registered with the function itself
         try:
-            value = await handler(attempt.event, attempt.context)
+            value = await handler(codec.decode(attempt.payload), attempt.context)
         except asyncio.CancelledError:
             reason = self.cancel_reason
             if not self._absorb_cancel() or reason is None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from actors import ActorRef
 
     from ..config import FunctionSpec
+    from ..record import ErrorInfo
     from ..registry import Services
 
 logger = logging.getLogger("stint")
@@ -25,14 +26,15 @@ logger = logging.getLogger("stint")
 class Attempt:
     """One run of a handler for one task, handed to an instance slot."""
 
-    __slots__ = ("context", "deadline", "event", "number", "task")
+    __slots__ = ("context", "deadline", "number", "payload", "task")
 
     def __init__(
-        self, task: ActorRef, number: int, event: Any, context: TaskContext, deadline: float
+        self, task: ActorRef, number: int, payload: bytes, context: TaskContext, deadline: float
     ) -> None:
         self.task = task
         self.number = number
-        self.event = event
+        # as invoke encoded it: decoded where the handler runs, never re-encoded
+        self.payload = payload
         self.context = context
         self.deadline = deadline  # monotonic, checked by the lifecycle sweep
 
@@ -53,6 +55,9 @@ class Slot:
         return f"<Slot {self.instance.instance_id}/{self.index}>"
 
 
+HookCallback = Callable[["ErrorInfo | None", float], None]
+
+
 class InstanceEvent(NamedTuple):
     event: str
     timestamp: float
@@ -71,6 +76,7 @@ class InstanceInfo(NamedTuple):
     last_used_at: float
     tasks_served: int
     events: tuple[InstanceEvent, ...]
+    abandoned: bool = False  # destroyed, but its thread has not ended yet
 
 
 class Instance:
@@ -82,6 +88,9 @@ class Instance:
     """
 
     kind: ClassVar[str]
+    #: True when a timed-out attempt cannot be cut short in place (a thread, a process):
+    #: the pool then replaces the instance, PreStop first.
+    restart_on_timeout: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -105,6 +114,8 @@ class Instance:
         self.last_used = clock.monotonic()
         self.last_used_at = self.created_at
         self.hook_running: str | None = None  # "pre_freeze" / "pre_stop" while one runs
+        self.replace = False  # replace it with a fresh instance once it is gone (restart)
+        self.abandoned = False  # destroyed while its code would not end
         self.stop_reason = ""  # why it is going, as a metric label: idle, stop, close, ...
         self.stop_detail = ""
         self.events: deque[InstanceEvent] = deque(maxlen=64)
@@ -133,6 +144,7 @@ class Instance:
             self.last_used_at,
             self.tasks_served,
             tuple(self.events),
+            self.abandoned,
         )
 
     def touch(self) -> None:
@@ -142,13 +154,19 @@ class Instance:
     # the lifecycle, driven by the pool ------------------------------------------
 
     def start(self) -> None:
-        """Run the Initializer (if any); the pool hears ``InstanceStarted`` when it is done."""
+        """Bring the instance up and run the Initializer (if any); the pool hears
+        ``InstanceStarted`` when it is done, with the error if it failed."""
         hook = self.spec.config.initializer
         if hook is None:
             self.pool.tell(InstanceStarted(self, None, None))
             return
         self.note("initializer", "started")
-        self._in_background(self._initialize(hook), "initializer")
+        self._execute_hook(
+            "initializer",
+            hook,
+            self.spec.config.initializer_timeout,
+            lambda error, seconds: self.pool.tell(InstanceStarted(self, error, seconds)),
+        )
 
     def freeze(self) -> None:
         """Run PreFreeze, then freeze; the pool hears ``HookDone('pre_freeze')``."""
@@ -167,27 +185,28 @@ class Instance:
         self.note("stopping", self.stop_detail)
         self._run_hook("pre_stop", self.spec.config.pre_stop, self.spec.config.pre_stop_timeout)
 
-    def _run_hook(self, name: str, hook: Callable[[Any], Any] | None, timeout: float) -> None:
+    def _run_hook(self, name: str, hook: Any, timeout: float) -> None:
         self.hook_running = name
         if hook is None:
             self.pool.tell(HookDone(self, name, None, None))
             return
-        self._in_background(self._hook(name, hook, timeout), name)
-
-    async def _initialize(self, hook: Callable[[Any], Any]) -> None:
-        started = time.perf_counter()
-        error = await call_hook(
-            hook, self.context, "initializer", self.spec.config.initializer_timeout
+        self._execute_hook(
+            name,
+            hook,
+            timeout,
+            lambda error, seconds: self.pool.tell(HookDone(self, name, error, seconds)),
         )
-        self.pool.tell(InstanceStarted(self, error, time.perf_counter() - started))
 
-    async def _hook(self, name: str, hook: Callable[[Any], Any], timeout: float) -> None:
-        started = time.perf_counter()
-        error = await call_hook(hook, self.context, name, timeout)
-        self.pool.tell(HookDone(self, name, error, time.perf_counter() - started))
+    def _execute_hook(self, name: str, hook: Any, timeout: float, done: HookCallback) -> None:
+        """Run ``hook(context)`` where this kind runs user code; ``done(error, seconds)`` on
+        the loop. The default runs it as an asyncio task (kind "async")."""
 
-    def _in_background(self, coro: Any, what: str) -> None:
-        self.background.start(coro, name=f"stint-{what}-{self.instance_id}")
+        async def run() -> None:
+            started = time.perf_counter()
+            error = await call_hook(hook, self.context, name, timeout)
+            done(error, time.perf_counter() - started)
+
+        self.background.start(run(), name=f"stint-{name}-{self.instance_id}")
 
     # what each kind implements ----------------------------------------------------
 
@@ -211,8 +230,15 @@ class Instance:
         """Resume a frozen instance before it takes a task."""
 
     def destroy(self) -> None:
-        """Tear the instance down at once (PreStop, if due, has already run)."""
+        """Tear the instance down at once (PreStop, if due, has already run).
+
+        A kind whose code cannot be stopped sets ``abandoned`` when it is still running.
+        """
         raise NotImplementedError
+
+    def still_running(self) -> bool:
+        """After an abandoning ``destroy``: is its code still running somewhere?"""
+        return False
 
 
 _ACCEPTING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FROZEN})

@@ -13,6 +13,11 @@ from tests.conftest import RuntimeFactory
 from .helpers import Gate, until_status
 
 
+@pytest.fixture
+def store_url() -> str:
+    return "memory://"  # these tests are about the memory store
+
+
 async def echo(event: Any, ctx: Any) -> Any:
     return event
 

@@ -1,0 +1,155 @@
+"""Handlers and hooks shared by every instance kind in the tests.
+
+Module-level so a ``kind="process"`` worker can import them. Kinds run them in
+other threads or processes, so they coordinate through files, named by the
+environment variable STINT_TEST_DIR (workers inherit the environment):
+
+- ``log``: one line per hook or handler call, appended atomically;
+- ``release``: handlers that block return once this file exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+from runtime import NonRetryableError
+
+
+def _dir() -> pathlib.Path:
+    return pathlib.Path(os.environ["STINT_TEST_DIR"])
+
+
+def log(line: str) -> None:
+    fd = os.open(_dir() / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_log() -> list[str]:
+    path = _dir() / "log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def release() -> None:
+    (_dir() / "release").touch()
+
+
+def _released() -> bool:
+    return (_dir() / "release").exists()
+
+
+# --- handlers: a sync and an async version of each ---------------------------------
+
+
+def echo(event: Any, ctx: Any) -> Any:
+    log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
+    return {"echo": event, "attempt": ctx.attempt, "state": ctx.instance.state.get("conn")}
+
+
+async def echo_async(event: Any, ctx: Any) -> Any:
+    return echo(event, ctx)
+
+
+def fail(event: Any, ctx: Any) -> None:
+    raise ValueError(f"attempt {ctx.attempt} broke")
+
+
+async def fail_async(event: Any, ctx: Any) -> None:
+    fail(event, ctx)
+
+
+def refuse(event: Any, ctx: Any) -> None:
+    raise NonRetryableError("the input is wrong")
+
+
+async def refuse_async(event: Any, ctx: Any) -> None:
+    refuse(event, ctx)
+
+
+def block(event: Any, ctx: Any) -> str:
+    """Runs until the test releases it or the runtime asks it to stop."""
+    log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
+    while not _released():
+        if ctx.stop_requested:
+            return "stopped"
+        time.sleep(0.002)
+    return "released"
+
+
+async def block_async(event: Any, ctx: Any) -> str:
+    log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
+    while not _released():
+        await asyncio.sleep(0.002)
+    return "released"
+
+
+def fail_first(event: Any, ctx: Any) -> int:
+    if ctx.attempt == 1:
+        raise ConnectionError("try again")
+    return int(ctx.attempt)
+
+
+async def fail_first_async(event: Any, ctx: Any) -> int:
+    return fail_first(event, ctx)
+
+
+def whoami(event: Any, ctx: Any) -> int:
+    return os.getpid()
+
+
+async def whoami_async(event: Any, ctx: Any) -> int:
+    return os.getpid()
+
+
+# --- hooks ---------------------------------------------------------------------------
+
+
+def initializer(instance: Any) -> None:
+    instance.state["conn"] = f"conn-{instance.instance_id}"
+    log(f"initializer {instance.instance_id}")
+
+
+def pre_freeze(instance: Any) -> None:
+    log(f"pre_freeze {instance.instance_id}")
+
+
+def pre_stop(instance: Any) -> None:
+    log(f"pre_stop {instance.instance_id}")
+
+
+def broken_initializer(instance: Any) -> None:
+    raise OSError("model file missing")
+
+
+# --- process-only misbehaviour ------------------------------------------------------------
+
+
+def exit_hard(event: Any, ctx: Any) -> None:
+    log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
+    os._exit(3)
+
+
+def chatty(event: Any, ctx: Any) -> str:
+    for i in range(200):
+        print(f"line {i} of chatter from the handler")
+    print("to stderr", file=sys.stderr)
+    return "still fine"
+
+
+def garbage(event: Any, ctx: Any) -> None:
+    if ctx.attempt == 1:  # corrupt the protocol once, then behave
+        os.write(int(os.environ["STINT_WORKER_FD"]), b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
+        time.sleep(5)
+
+
+def oversized_frame(event: Any, ctx: Any) -> None:
+    if ctx.attempt == 1:
+        os.write(int(os.environ["STINT_WORKER_FD"]), b"\xff\xff\xff\xff")
+        time.sleep(5)
