@@ -309,6 +309,8 @@ class InstancePoolActor(Actor):
 
     def _on_hook_done(self, msg: HookDone) -> None:
         instance = msg.instance
+        if self.instances.get(instance.instance_id) is not instance:
+            return  # gone already (its worker crashed): nothing left to freeze or destroy
         instance.hook_running = None
         if msg.seconds is not None:
             self.metrics.hook(msg.hook, msg.seconds, msg.error is not None)

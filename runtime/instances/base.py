@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..context import InstanceContext, TaskContext
-from ..hooks import call_hook
+from ..hooks import call_hook, hook_timeout
 from ..messages import HookDone, InstanceStarted, SlotFree
 from ..states import InstanceState
 
@@ -196,6 +196,23 @@ class Instance:
             timeout,
             lambda error, seconds: self.pool.tell(HookDone(self, name, error, seconds)),
         )
+
+    def _answer_once(self, name: str, timeout: float, done: HookCallback) -> HookCallback:
+        """Wrap ``done`` for a hook that runs out of the loop's reach (a thread, a process):
+        it answers once — with the hook's outcome, or a timeout error after ``timeout``."""
+        answered = False
+
+        def finish(error: ErrorInfo | None, seconds: float) -> None:
+            nonlocal answered
+            if not answered:  # a late outcome after the timeout is dropped
+                answered = True
+                timer.cancel()
+                done(error, seconds)
+
+        timer = self.services.system.scheduler.call_later(
+            timeout, lambda: finish(hook_timeout(name, timeout), timeout)
+        )
+        return finish
 
     def _execute_hook(self, name: str, hook: Any, timeout: float, done: HookCallback) -> None:
         """Run ``hook(context)`` where this kind runs user code; ``done(error, seconds)`` on

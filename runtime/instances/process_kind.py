@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import frames
 from ..errors import InstanceStartError, StintError
-from ..hooks import error_info, hook_timeout
+from ..hooks import error_info
 from ..messages import AttemptFinished, InstanceCrashed, InstanceStarted
 from ..record import ErrorInfo
 from ..states import InstanceState
@@ -191,19 +191,7 @@ class ProcessInstance(Instance):
     # what the pool asks -----------------------------------------------------------
 
     def _execute_hook(self, name: str, hook: Any, timeout: float, done: HookCallback) -> None:
-        answered = False
-
-        def finish(error: ErrorInfo | None, seconds: float) -> None:
-            nonlocal answered
-            if not answered:
-                answered = True
-                timer.cancel()
-                done(error, seconds)
-
-        timer = self.services.system.scheduler.call_later(
-            timeout, lambda: finish(hook_timeout(name, timeout), timeout)
-        )
-        self._hooks[name] = finish
+        self._hooks[name] = self._answer_once(name, timeout, done)
         self._send(frames.HOOK, name)
 
     def activate(self) -> None:

@@ -24,7 +24,7 @@ import pykka
 
 from .. import codec
 from ..errors import NonRetryableError, ResultEncodingError
-from ..hooks import error_info, hook_timeout
+from ..hooks import error_info
 from ..messages import AttemptFinished, HookDone
 from ..record import ErrorInfo
 from .async_kind import interruption_error
@@ -111,25 +111,13 @@ class ThreadInstance(Instance):
         super()._run_hook(name, hook, timeout)
 
     def _execute_hook(self, name: str, hook: Any, timeout: float, done: HookCallback) -> None:
-        answered = False
+        finish = self._answer_once(name, timeout, done)
 
-        def finish(outcome: Outcome, seconds: float) -> None:
-            nonlocal answered
-            if answered:
-                return  # it overran and was already reported
-            answered = True
-            timer.cancel()
+        def back(outcome: Outcome, seconds: float) -> None:
             ok, value = outcome
-            done(None if ok else error_info(value), seconds)
+            finish(None if ok else error_info(value), seconds)
 
-        def overran() -> None:
-            nonlocal answered
-            if not answered:
-                answered = True
-                done(hook_timeout(name, timeout), timeout)
-
-        timer = self.services.system.scheduler.call_later(timeout, overran)
-        self._on_thread(hook, (self.context,), finish)
+        self._on_thread(hook, (self.context,), back)
 
     def activate(self) -> None:
         self._reported: set[Attempt] = set()
