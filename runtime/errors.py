@@ -34,6 +34,13 @@ class TaskNotFoundError(StintError, LookupError):
 class TaskFinishedError(StintError):
     """Raised by ``stop`` for a task that already Succeeded, Failed, Expired or is Invalid."""
 
+    @classmethod
+    def of(cls, task_id: str, status: str) -> TaskFinishedError:
+        return cls(
+            f"task {task_id} already ended as {status}; only tasks that have not finished "
+            "can be stopped (read it with rt.get)"
+        )
+
 
 class QueueFullError(StintError):
     """Raised by ``invoke`` when the function already has ``max_queued`` tasks waiting."""

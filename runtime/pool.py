@@ -322,6 +322,8 @@ class InstancePoolActor(Actor):
             self._stop_instance(instance, "close")
         else:
             self._frozen(instance)
+        if self.shutting_down:
+            self._check_shutdown()
 
     def _frozen(self, instance: Instance) -> None:
         if instance.state is not IS.READY or instance.in_flight:
@@ -465,9 +467,9 @@ class InstancePoolActor(Actor):
     def _check_shutdown(self) -> None:
         if any(i.state is not IS.STARTING for i in self.instances.values()):
             return
-        for instance in list(self.instances.values()):  # Initializers still running: abandon them
-            instance.note("abandoned", "runtime closed while the Initializer ran")
-            self.metrics.instance_stops["abandoned"] += 1
+        for instance in list(self.instances.values()):  # Initializers still running: end them
+            instance.note("stopped", "closed while its Initializer ran")
+            self.metrics.instance_stops["close"] += 1
             instance.destroy()
         self.instances.clear()
         for reply in self.shutdown_replies:
@@ -484,12 +486,6 @@ class InstancePoolActor(Actor):
         return f"function {self.spec.name!r} was unregistered before the task ran"
 
 
-def _after_destroy(pool: InstancePoolActor, msg: HookDone) -> None:
-    pool._on_hook_done(msg)
-    if pool.shutdown_replies or pool.unregistered:
-        pool._check_shutdown()
-
-
 _HANDLERS: dict[type, Callable[[InstancePoolActor, Any], Any]] = {
     Submit: InstancePoolActor._on_submit,
     SlotFree: InstancePoolActor._on_slot_free,
@@ -497,7 +493,7 @@ _HANDLERS: dict[type, Callable[[InstancePoolActor, Any], Any]] = {
     InstanceStarted: InstancePoolActor._on_instance_started,
     InstanceCrashed: InstancePoolActor._on_instance_crashed,
     RestartInstance: InstancePoolActor._on_restart_instance,
-    HookDone: _after_destroy,
+    HookDone: InstancePoolActor._on_hook_done,
     Sweep: InstancePoolActor._on_sweep,
     Drain: InstancePoolActor._on_drain,
     Interrupt: InstancePoolActor._on_interrupt,

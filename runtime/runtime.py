@@ -21,6 +21,7 @@ from .errors import (
     FunctionNotFoundError,
     QueueFullError,
     RuntimeClosedError,
+    TaskFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
 )
@@ -463,9 +464,7 @@ class Runtime:
         if record.status is TaskState.STOPPED:
             return record.copy()
         if record.status in FINISHED:
-            from .task_actor import _finished_error
-
-            raise _finished_error(record)
+            raise TaskFinishedError.of(task_id, record.status)
         raise self._closed_error()
 
     async def list(

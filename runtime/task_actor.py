@@ -253,7 +253,7 @@ class TaskActor(Actor):
         if status is S.STOPPED:
             return record.copy()
         if status in FINISHED:
-            self.defer_reply().fail(_finished_error(record))
+            self.defer_reply().fail(TaskFinishedError.of(record.task_id, record.status))
             return None
         if status is S.STOPPING:
             self._keep_stop_reply()
@@ -300,13 +300,6 @@ def _outcome(msg: AttemptFinished) -> str:
 def _expired_detail(waited: float, entry: FunctionEntry) -> str:
     max_age = entry.spec.config.max_event_age
     return f"waited {waited:.3f} s in the queue, over max_event_age={max_age} s"
-
-
-def _finished_error(record: TaskRecord) -> TaskFinishedError:
-    return TaskFinishedError(
-        f"task {record.task_id} already ended as {record.status}; only tasks that have not "
-        "finished can be stopped (read it with rt.get)"
-    )
 
 
 _HANDLERS: dict[type, Callable[[TaskActor, Any], Any]] = {
