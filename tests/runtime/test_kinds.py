@@ -361,3 +361,31 @@ def test_thread_kind_rules() -> None:
 
     with pytest.raises(ConfigError, match="plain function"):
         rt.register("fn", kh.echo, kind="thread", initializer=async_hook)
+
+
+async def test_hooks_and_handler_share_the_instance_thread(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    import threading
+
+    seen: list[tuple[str, str]] = []
+
+    def note(what: str) -> Callable[..., None]:
+        return lambda *_: seen.append((what, threading.current_thread().name))
+
+    def work(event: Any, ctx: Any) -> None:
+        seen.append(("handler", threading.current_thread().name))
+
+    rt = await make(make_runtime, clock=clock)
+    rt.register(
+        "fn", work, kind="thread", freeze_after=1, idle_timeout=10,
+        initializer=note("initializer"), pre_freeze=note("pre_freeze"), pre_stop=note("pre_stop"),
+    )  # fmt: skip
+    await rt.wait(await rt.invoke("fn"), timeout=20)
+    clock.advance(1)
+    await eventually(lambda: len(seen) == 3, timeout=20)
+    clock.advance(10)
+    await eventually(lambda: len(seen) == 4, timeout=20)
+    assert [what for what, _ in seen] == ["initializer", "handler", "pre_freeze", "pre_stop"]
+    threads = {name for _, name in seen}
+    assert len(threads) == 1 and threading.main_thread().name not in threads
