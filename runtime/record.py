@@ -120,9 +120,19 @@ class TaskRecord:
 
     def copy(self) -> TaskRecord:
         """A snapshot that later transitions do not change."""
-        clone = TaskRecord.__new__(TaskRecord)
-        for name in TaskRecord.__slots__:
-            setattr(clone, name, getattr(self, name))
+        clone = TaskRecord.__new__(TaskRecord)  # every waiter gets one: kept explicit and cheap
+        clone.task_id = self.task_id
+        clone.function = self.function
+        clone.status = self.status
+        clone._payload = self._payload
+        clone._result = self._result
+        clone.error = self.error
+        clone.attempts = self.attempts
+        clone.retries = self.retries
+        clone.created_at = self.created_at
+        clone.started_at = self.started_at
+        clone.ended_at = self.ended_at
+        clone.instance_id = self.instance_id
         clone._events = list(self._events)
         return clone
 

@@ -425,19 +425,24 @@ class Runtime:
 
         Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
         """
-        record = await self._record(task_id)
-        if record.is_terminal:
-            return record.copy()
-        if self._state != "started":
-            raise self._closed_error()
+        if task_id not in self._live:  # a live task is unfinished: no need to read it
+            record = await self._record(task_id)
+            if record.is_terminal:
+                return record.copy()
+            if self._state != "started":
+                raise self._closed_error()
         waiter: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(waiter)
         try:
+            if timeout is None:  # the common case: no timer to arm and disarm
+                return await waiter
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
+            now = await self._store.get(task_id)
+            status = now.status if now is not None else "unknown"
             raise WaitTimeoutError(
-                f"task {task_id} is still {record.status} after {timeout} s; wait longer, "
+                f"task {task_id} is still {status} after {timeout} s; wait longer, "
                 "or stop it with rt.stop"
             ) from None
         finally:
