@@ -44,12 +44,20 @@ class AsyncInstance(Instance):
 
     def destroy(self) -> None:
         for worker in getattr(self, "_workers", ()):
-            if worker.task is not None:
-                worker.task.cancel()
+            worker.destroy()
 
 
 class _SlotWorker:
-    __slots__ = ("cancel_reason", "instance", "pending", "running", "slot", "task", "waiter")
+    __slots__ = (
+        "cancel_reason",
+        "destroyed",
+        "instance",
+        "pending",
+        "running",
+        "slot",
+        "task",
+        "waiter",
+    )
 
     def __init__(self, instance: AsyncInstance, slot: Slot) -> None:
         self.instance = instance
@@ -59,6 +67,14 @@ class _SlotWorker:
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
+        # Set by destroy. Its cancel may merge with an attempt's interrupt into one
+        # CancelledError, so the worker must not take that for the interrupt alone.
+        self.destroyed = False
+
+    def destroy(self) -> None:
+        self.destroyed = True
+        if self.task is not None:
+            self.task.cancel()
 
     def push(self, attempt: Attempt) -> None:
         self.pending = attempt
@@ -79,7 +95,7 @@ class _SlotWorker:
         loop = asyncio.get_running_loop()
         system = self.instance.services.system
         streak = 0
-        while True:
+        while not self.destroyed:
             attempt = self.pending
             if attempt is None and streak:
                 # Deliver what this attempt's report set off (the pool frees the slot
@@ -95,8 +111,8 @@ class _SlotWorker:
                 try:
                     await self.waiter
                 except asyncio.CancelledError:
-                    if not self._absorb_cancel():
-                        raise  # the instance is being destroyed
+                    if self.destroyed or not self._absorb_cancel():
+                        return  # the instance is being destroyed
                 finally:
                     self.waiter = None
                 continue

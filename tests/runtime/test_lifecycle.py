@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -262,6 +263,22 @@ async def test_stop_while_running_restarts_the_instance(make_runtime: RuntimeFac
     assert again.status is S.STOPPED and len(again.events) == len(record.events)
 
 
+async def test_a_replaced_instance_leaves_no_worker_behind(make_runtime: RuntimeFactory) -> None:
+    # Without a PreStop, the instance is destroyed in the same turn as the attempt is
+    # interrupted: both cancellations reach the slot worker as one CancelledError.
+    rt = await make_runtime()
+    gate = Gate()
+
+    async def blocking(event: Any, ctx: Any) -> None:
+        await gate.wait()
+
+    rt.register("blocking", blocking)
+    task_id = await rt.invoke("blocking")
+    await until_status(rt, task_id, S.RUNNING)
+    await rt.stop(task_id)
+    await eventually(lambda: not [t for t in asyncio.all_tasks() if "blocking-1" in t.get_name()])
+
+
 async def test_concurrent_stops_while_stopping(make_runtime: RuntimeFactory) -> None:
     rt = await make_runtime()
     gate = Gate()
@@ -346,17 +363,52 @@ def test_the_task_actor_refuses_an_illegal_move() -> None:
     assert actor.record.status is S.ENQUEUED
 
 
-async def test_each_transition_is_reached(make_runtime: RuntimeFactory) -> None:
-    """A census: across the scenarios above every legal edge occurs; this one checks the table
-    by listing which edges the suite's own histories contain (kept in sync by the assertion)."""
-    covered = {
-        ("Enqueued", "Dequeued"), ("Enqueued", "Stopping"), ("Dequeued", "Expired"),
-        ("Dequeued", "Invalid"), ("Dequeued", "Running"), ("Dequeued", "Stopping"),
-        ("Running", "Succeeded"), ("Running", "Retrying"), ("Running", "Failed"),
-        ("Running", "Stopping"), ("Retrying", "Running"), ("Retrying", "Stopping"),
-        ("Stopping", "Stopped"),
-    }  # fmt: skip
+async def test_every_legal_transition_is_reached(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    """Drive every path in one runtime; the histories together must cover the whole table."""
     from runtime import TRANSITIONS
 
+    rt = await make_runtime(clock=clock)
+    gate, init_gate = Gate(), Gate()
+
+    async def blocking(event: Any, ctx: Any) -> None:
+        await gate.wait()
+
+    async def flaky(event: Any, ctx: Any) -> None:
+        if event == "fail" or ctx.attempt == 1:
+            raise ValueError("no")
+
+    async def slow_init(instance: Any) -> None:
+        await init_gate.wait()
+
+    def broken_init(instance: Any) -> None:
+        raise OSError("no")
+
+    rt.register("block", blocking, max_instances=1, max_event_age=10, timeout=1000)
+    rt.register("flaky", flaky, max_retries=1, retry_backoff=0)
+    rt.register("slowretry", flaky, retry_backoff=100, retry_backoff_max=100)
+    rt.register("cold", echo, initializer=slow_init, initializer_timeout=1000)
+    rt.register("broken", echo, initializer=broken_init)
+    ids = [await rt.invoke("flaky", "ok"), await rt.invoke("flaky", "fail")]  # Retrying, Failed
+    ids.append(await rt.invoke("broken"))  # Dequeued -> Invalid
+    running = await rt.invoke("block")
+    await until_status(rt, running, S.RUNNING)
+    ids += [await rt.invoke("block"), await rt.invoke("block")]
+    await rt.stop(ids[-1])  # Enqueued -> Stopping
+    clock.advance(11)  # ids[-2] will be Expired at its dequeue
+    cold = await rt.invoke("cold")
+    await until_status(rt, cold, S.DEQUEUED)
+    await rt.stop(cold)  # Dequeued -> Stopping
+    retrying = await rt.invoke("slowretry")
+    await until_status(rt, retrying, S.RETRYING)
+    await rt.stop(retrying)  # Retrying -> Stopping
+    await rt.stop(running)  # Running -> Stopping (and the expired one gets its turn)
+    init_gate.open()
+    await rt.join(timeout=5)
+    edges: set[tuple[str, str]] = set()
+    for task_id in [*ids, running, cold, retrying]:
+        history = statuses(await rt.get(task_id))
+        edges |= set(itertools.pairwise(history))
     table = {(str(a), str(b)) for a, bs in TRANSITIONS.items() for b in bs}
-    assert covered == table
+    assert edges == table
