@@ -64,15 +64,19 @@ class BackgroundTasks:
                 "stint background task %s failed", task.get_name(), exc_info=task.exception()
             )
 
-    async def wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for every task, then cancel and reap the rest."""
+    async def wait(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for every task, then cancel and reap the rest.
+
+        Returns how many had to be cancelled (0 when everything ended by itself).
+        """
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
-        await self.cancel_all()
+        return await self.cancel_all()
 
-    async def cancel_all(self) -> None:
+    async def cancel_all(self) -> int:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)

@@ -96,6 +96,8 @@ class Runtime:
         self._supervisor: ActorRef | None = None
         self._services: Services | None = None
         self._state = "new"  # new -> started -> closing -> closed
+        #: How many background tasks (hooks, workers) close() had to cancel.
+        self.close_cancelled = 0
         self._metrics: dict[str, FunctionMetrics] = {}  # outlives unregister: counters only grow
         self._collector = StintCollector(
             lambda: self._metrics,
@@ -210,7 +212,10 @@ class Runtime:
             (e.spec.config.pre_stop_timeout for e in self._functions.values()), default=0
         )
         await self._ask_all(pools, Shutdown, longest_pre_stop + 5.0)
-        await self._background.wait(timeout=3.0)  # worker processes get 1 s to exit
+        # worker processes get 1 s to exit; anything still running after 3 s is cut
+        self.close_cancelled = await self._background.wait(timeout=3.0)
+        if self.close_cancelled:
+            logger.warning("close() cancelled %d background task(s)", self.close_cancelled)
         assert self._system is not None
         self._system.close()
         for waiters in self._waiters.values():

@@ -62,6 +62,7 @@ async def make_runtime(store_url: str) -> AsyncIterator[RuntimeFactory]:
         assert system is not None
         assert not system.failures, f"runtime actors failed: {list(system.failures)}"
         assert system.live_actors == 0
+        assert rt.close_cancelled == 0, "close() had to cancel work that should have ended"
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
