@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ._demo_work import checksum, isolated
 from .context import InstanceContext, TaskContext
 from .record import TaskRecord
 from .runtime import Runtime
@@ -77,13 +78,22 @@ def build_runtime(seed: int, on_slow_start: Callable[[str], None]) -> Runtime:
     rt.register("slow", slow, pre_stop=close_connection, concurrency=1, max_instances=5)
     rt.register("stale", stale, max_event_age=0.25, max_instances=1)
     rt.register("broken", greet, initializer=open_model, max_instances=2)
+    rt.register("checksum", checksum, kind="thread", max_instances=4)
+    rt.register("isolated", isolated, kind="process", max_instances=2, concurrency=8)
     return rt
 
 
 def plan(tasks: int) -> dict[str, int]:
     """How many tasks each function gets out of ``tasks`` (at least a few each)."""
     small = max(5, tasks // 100)
-    counts = {"flaky": max(10, tasks // 5), "slow": 5, "stale": max(20, small * 4), "broken": small}
+    counts = {
+        "flaky": max(10, tasks // 5),
+        "slow": 5,
+        "stale": max(20, small * 4),
+        "broken": small,
+        "checksum": max(10, tasks // 30),
+        "isolated": max(10, tasks // 30),
+    }
     counts["greet"] = max(10, tasks - sum(counts.values()))
     return counts
 
@@ -110,12 +120,14 @@ async def run_demo(tasks: int = 3000, seed: int = 7, console: Console | None = N
                 ids[name].append(await rt.invoke(name, {"name": f"user-{i}", "n": i}))
         records = await _follow(demo, ids, total, console)
         elapsed = time.perf_counter() - started
-        console.print(_state_table(records))
+        kinds = {name: spec.config.kind for name, spec in rt.functions.items()}
+        console.print(_state_table(records, kinds))
         _print_histories(console, records)
-        greet_done = sum(1 for r in records if r.function == "greet")
+        workers = {r.result["pid"] for r in records if r.function == "isolated" and r.result}
         console.print(
             f"{total} tasks reached a terminal state in {elapsed:.2f} s "
-            f"({total / elapsed:,.0f} tasks/s overall; {greet_done} greet tasks)."
+            f"({total / elapsed:,.0f} tasks/s overall); the isolated tasks ran in "
+            f"{len(workers)} worker process(es): {', '.join(map(str, sorted(workers)))}."
         )
         bad = [r for r in records if not r.is_terminal]
     return 1 if bad else 0
@@ -153,9 +165,10 @@ async def _follow(
     return records
 
 
-def _state_table(records: list[TaskRecord]) -> Table:
+def _state_table(records: list[TaskRecord], kinds: dict[str, str]) -> Table:
     table = Table(title="Final states per function")
     table.add_column("function")
+    table.add_column("kind")
     for state in TERMINAL_ORDER:
         table.add_column(state.value, justify="right")
     table.add_column("attempts", justify="right")
@@ -170,6 +183,7 @@ def _state_table(records: list[TaskRecord]) -> Table:
     for function, states in by_function.items():
         table.add_row(
             function,
+            kinds.get(function, "?"),
             *(str(states[s]) for s in TERMINAL_ORDER),
             str(attempts[function]),
             str(retries[function]),

@@ -20,6 +20,8 @@ def test_stint_demo_runs_and_reports_every_path() -> None:
     out = done.stdout
     for needle in ("Final states per function", "Retrying", "Stopped", "Expired", "Invalid"):
         assert needle in out
+    assert "│ thread " in out and "│ process " in out  # every instance kind takes part
+    assert "ran in 2 worker process(es)" in out or "ran in 1 worker process(es)" in out
     total = sum(plan(400).values())
     assert f"{total} tasks reached a terminal state" in out
 
