@@ -9,7 +9,7 @@ from ._errors import ActorDeadError, AskTimeoutError
 
 if TYPE_CHECKING:
     from ._actor import Actor, ActorFactory
-    from ._supervision import RestartWindow, SupervisorStrategy
+    from ._supervision import RestartWindow
     from ._system import ActorSystem
 
 
@@ -78,7 +78,6 @@ class ActorRef:
         "_factory",
         "_parent",
         "_stop_requested",
-        "_strategy",
         "_system",
         "_window",
         "name",
@@ -103,7 +102,6 @@ class ActorRef:
         self._children: dict[int, ActorRef] | None = None
         self._window: RestartWindow | None = None
         self._deferred: set[Reply] | None = None
-        self._strategy: SupervisorStrategy | None = None
 
     def __repr__(self) -> str:
         state = "alive" if self._alive else "stopped"

@@ -165,7 +165,7 @@ class Runtime:
         host, port = self._metrics_address
         if port is not None:
             await self.serve_metrics(host=host, port=port)
-        self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
+        self._system.scheduler.call_later(1.0, self._maintain)
 
     def _recover(self, records: builtins.list[TaskRecord]) -> None:
         """Adopt the unfinished tasks a durable store found (each task actor applies the rules).
@@ -251,7 +251,7 @@ class Runtime:
         if dropped:
             logger.debug("retention dropped %d terminal records", dropped)
         if self._state == "started" and self._system is not None:
-            self._maintenance = self._system.scheduler.call_later(1.0, self._maintain)
+            self._system.scheduler.call_later(1.0, self._maintain)
 
     # metrics ------------------------------------------------------------------------
 

@@ -53,11 +53,11 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 FINISHED = TERMINAL - {TaskState.STOPPED}
 
 
-def check_transition(current: TaskState, new: TaskState) -> None:
+def check_transition(current: TaskState, new: TaskState, what: str = "task") -> None:
     """Raise :class:`IllegalTransitionError` unless the table allows ``current -> new``."""
     if new not in TRANSITIONS[current]:
         raise IllegalTransitionError(
-            f"illegal task transition {current} -> {new}; allowed from {current}: "
+            f"{what}: illegal transition {current} -> {new}; allowed from {current}: "
             f"{', '.join(sorted(TRANSITIONS[current])) or 'nothing (terminal)'}"
         )
 

@@ -31,7 +31,7 @@ from .messages import (
 )
 from .record import ErrorInfo, TaskRecord
 from .registry import FunctionEntry, Services
-from .states import FINISHED, NAME, TERMINAL, TRANSITIONS, TaskState
+from .states import FINISHED, NAME, TERMINAL, TRANSITIONS, TaskState, check_transition
 
 S = TaskState
 
@@ -66,10 +66,8 @@ class TaskActor(Actor):
     def _move(self, new: TaskState, detail: str = "") -> None:
         record = self.record
         old = record.status
-        if new not in TRANSITIONS[old]:
-            raise IllegalTransitionError(
-                f"task {record.task_id}: illegal transition {old} -> {new}"
-            )
+        if new not in TRANSITIONS[old]:  # the cheap test inline; the table's own check raises
+            check_transition(old, new, f"task {record.task_id}")
         metrics = self.entry.metrics
         metrics.exited[old] += 1
         metrics.entered[new] += 1

@@ -20,6 +20,10 @@ class Gate:
     def open(self) -> None:
         self._event.set()
 
+    async def handler(self, event: Any, ctx: Any) -> None:
+        """A task handler that blocks until the gate opens."""
+        await self.wait()
+
     async def wait(self) -> None:
         self.entered += 1
         try:

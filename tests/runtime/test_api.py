@@ -162,10 +162,7 @@ async def test_queue_full(make_runtime: RuntimeFactory) -> None:
     rt = await make_runtime()
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("fn", blocking, max_instances=1, max_queued=2)
+    rt.register("fn", gate.handler, max_instances=1, max_queued=2)
     running = await rt.invoke("fn")
     await until_status(rt, running, S.RUNNING)
     await rt.invoke("fn")
@@ -203,10 +200,7 @@ async def test_wait_timeout_leaves_the_task_running(make_runtime: RuntimeFactory
     rt = await make_runtime()
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("fn", blocking)
+    rt.register("fn", gate.handler)
     task_id = await rt.invoke("fn")
     with pytest.raises(WaitTimeoutError, match=r"rt\.stop"):
         await rt.wait(task_id, timeout=0.02)
@@ -262,10 +256,7 @@ async def test_records_are_snapshots(make_runtime: RuntimeFactory) -> None:
     rt = await make_runtime()
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("fn", blocking)
+    rt.register("fn", gate.handler)
     task_id = await rt.invoke("fn")
     snapshot = await until_status(rt, task_id, S.RUNNING)
     gate.open()
@@ -301,11 +292,8 @@ async def test_close_lets_running_tasks_finish_and_leaves_nothing() -> None:
 async def test_close_interrupts_what_overruns_close_timeout() -> None:
     gate = Gate()
 
-    async def stuck(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
     rt = Runtime(close_timeout=0.05, tick_interval=0.01)
-    rt.register("stuck", stuck)
+    rt.register("stuck", gate.handler)
     await rt.start()
     task_id = await rt.invoke("stuck")
     waiter = asyncio.ensure_future(rt.wait(task_id))
@@ -334,10 +322,7 @@ async def test_join_waits_until_no_task_is_unfinished(make_runtime: RuntimeFacto
     rt = await make_runtime()
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("fn", blocking, max_instances=2)
+    rt.register("fn", gate.handler, max_instances=2)
     rt.register("other", echo)
     ids = [await rt.invoke("fn") for _ in range(3)]
     await rt.join("other", timeout=1)  # nothing unfinished there

@@ -96,10 +96,7 @@ async def test_idle_instances_are_destroyed_but_min_instances_stay(
     log: list[str] = []
     gate = Gate()
 
-    async def work(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("fn", work, min_instances=1, idle_timeout=50, **recording_hooks(log))
+    rt.register("fn", gate.handler, min_instances=1, idle_timeout=50, **recording_hooks(log))
     await eventually(lambda: log == ["initializer fn-1"])  # warmed without any task
     first, second = await rt.invoke("fn"), await rt.invoke("fn")
     await until_status(rt, second, S.RUNNING)
@@ -141,10 +138,7 @@ async def test_max_instances_bounds_cold_starts(make_runtime: RuntimeFactory) ->
     rt = await make_runtime()
     gate = Gate()
 
-    async def work(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("fn", work, max_instances=2)
+    rt.register("fn", gate.handler, max_instances=2)
     ids = [await rt.invoke("fn") for _ in range(5)]
     await until_status(rt, ids[1], S.RUNNING)
     assert len(await rt.instances("fn")) == 2

@@ -115,10 +115,7 @@ async def test_attempt_timeout(make_runtime: RuntimeFactory, clock: ManualClock)
     rt = await make_runtime(clock=clock)
     gate = Gate()
 
-    async def slow(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("slow", slow, timeout=30, max_retries=0)
+    rt.register("slow", gate.handler, timeout=30, max_retries=0)
     task_id = await rt.invoke("slow")
     await until_status(rt, task_id, S.RUNNING)
     clock.advance(31)
@@ -203,10 +200,7 @@ async def test_stop_while_enqueued(make_runtime: RuntimeFactory) -> None:
     rt = await make_runtime()
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("blocking", blocking, max_instances=1)
+    rt.register("blocking", gate.handler, max_instances=1)
     first = await rt.invoke("blocking")
     await until_status(rt, first, S.RUNNING)
     queued = await rt.invoke("blocking")
@@ -269,10 +263,7 @@ async def test_a_replaced_instance_leaves_no_worker_behind(make_runtime: Runtime
     rt = await make_runtime()
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
-    rt.register("blocking", blocking)
+    rt.register("blocking", gate.handler)
     task_id = await rt.invoke("blocking")
     await until_status(rt, task_id, S.RUNNING)
     await rt.stop(task_id)
@@ -284,13 +275,10 @@ async def test_concurrent_stops_while_stopping(make_runtime: RuntimeFactory) -> 
     gate = Gate()
     pre_stop_gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
     async def pre_stop(instance: Any) -> None:
         await pre_stop_gate.wait()
 
-    rt.register("blocking", blocking, pre_stop=pre_stop)
+    rt.register("blocking", gate.handler, pre_stop=pre_stop)
     task_id = await rt.invoke("blocking")
     await until_status(rt, task_id, S.RUNNING)
     first = asyncio.ensure_future(rt.stop(task_id))
@@ -372,9 +360,6 @@ async def test_every_legal_transition_is_reached(
     rt = await make_runtime(clock=clock)
     gate, init_gate = Gate(), Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
     async def flaky(event: Any, ctx: Any) -> None:
         if event == "fail" or ctx.attempt == 1:
             raise ValueError("no")
@@ -385,7 +370,7 @@ async def test_every_legal_transition_is_reached(
     def broken_init(instance: Any) -> None:
         raise OSError("no")
 
-    rt.register("block", blocking, max_instances=1, max_event_age=10, timeout=1000)
+    rt.register("block", gate.handler, max_instances=1, max_event_age=10, timeout=1000)
     rt.register("flaky", flaky, max_retries=1, retry_backoff=0)
     rt.register("slowretry", flaky, retry_backoff=100, retry_backoff_max=100)
     rt.register("cold", echo, initializer=slow_init, initializer_timeout=1000)

@@ -26,11 +26,8 @@ async def test_retention_by_count_drops_the_oldest_finished(make_runtime: Runtim
     rt = await make_runtime(store="memory://?max_records=3")
     gate = Gate()
 
-    async def blocking(event: Any, ctx: Any) -> None:
-        await gate.wait()
-
     rt.register("echo", echo)
-    rt.register("blocking", blocking)
+    rt.register("blocking", gate.handler)
     unfinished = await rt.invoke("blocking", task_id="keep")
     await until_status(rt, unfinished, TaskState.RUNNING)
     for i in range(5):
