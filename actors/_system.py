@@ -11,7 +11,7 @@ from typing import Any
 from ._actor import Actor, ActorFactory
 from ._clock import Clock, SystemClock
 from ._errors import ActorDeadError, SystemClosedError
-from ._ref import NO_REPLY, ActorRef, Ask, Reply
+from ._ref import NO_REPLY, ActorRef, Ask, Call, Reply
 from ._scheduler import Scheduler
 from ._supervision import Directive, RestartWindow, SupervisorStrategy
 
@@ -158,12 +158,16 @@ class ActorSystem:
                 break
             ref, message = queue.popleft()
             budget -= 1
+            ref._queued -= 1
             if ref._alive:
                 deliver(ref, message)
             else:
                 self._undeliverable(message)
 
     def _deliver(self, ref: ActorRef, message: Any) -> None:
+        if type(message) is Call:
+            self._call(ref, message.fn, message.args)
+            return
         actor = ref._actor
         assert actor is not None
         if type(message) is Ask:
@@ -172,17 +176,42 @@ class ActorSystem:
         else:
             reply = NO_REPLY
         self._reply = reply
+        ref._busy = True
         try:
             result = actor.receive(message)
         except Exception as exc:
+            ref._busy = False
             if self._reply is reply:
                 reply.fail(exc)  # the asker learns what went wrong
             self._reply = NO_REPLY
             self._supervise(ref, exc, message)
         else:
+            ref._busy = False
             if self._reply is reply and reply is not NO_REPLY:
                 reply.send(result)
             self._reply = NO_REPLY
+        if ref._stop_requested and ref._alive:
+            self._terminate(ref)
+
+    def _call(self, ref: ActorRef, fn: Any, args: tuple[Any, ...]) -> None:
+        """Run ``fn(actor, *args)`` as one message: no reply, supervised, stop honoured.
+
+        It may run inside another actor's receive (a direct :meth:`ActorRef.send`),
+        so the current ask's reply is kept aside and put back.
+        """
+        actor = ref._actor
+        assert actor is not None
+        outer = self._reply
+        self._reply = NO_REPLY
+        ref._busy = True
+        try:
+            fn(actor, *args)
+        except Exception as exc:
+            ref._busy = False
+            self._supervise(ref, exc, Call(fn, args))
+        else:
+            ref._busy = False
+        self._reply = outer
         if ref._stop_requested and ref._alive:
             self._terminate(ref)
 

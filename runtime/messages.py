@@ -1,7 +1,11 @@
 """The messages runtime actors exchange inside one process (passed by reference, never encoded).
 
-Grouped by receiver. Each is a small slotted class: created on the hot path, so
-no dataclass machinery and no dict per message.
+The happy path of a task does not use messages: the pool, the task actor and the
+instance hand work to each other with guarded direct calls (``ActorRef.send``),
+each a method of the receiving actor. What is left here is everything external
+to that path — lifecycle signals from background work, the lifecycle clock,
+closing, recovery and introspection — grouped by receiver. Each is a small
+slotted class.
 """
 
 from __future__ import annotations
@@ -9,87 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors import ActorRef
-
     from .config import FunctionSpec
-    from .instances.base import Instance, Slot
+    from .instances.base import Instance
     from .record import ErrorInfo
 
 
 # --- to a task actor --------------------------------------------------------
-
-
-class Dispatch:
-    """The pool took the task: ``slot`` is reserved for it (None when it expired)."""
-
-    __slots__ = ("expired_after", "ready", "slot")
-
-    def __init__(self, slot: Slot | None, ready: bool, expired_after: float | None = None) -> None:
-        self.slot = slot
-        self.ready = ready  # the slot's instance can run it now (else: cold start under way)
-        self.expired_after = expired_after
-
-
-class StartAttempt:
-    """The instance holding the task's reservation finished starting."""
-
-    __slots__ = ("slot",)
-
-    def __init__(self, slot: Slot) -> None:
-        self.slot = slot
-
-
-class StartFailed:
-    """The instance holding the task's reservation could not be created."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ErrorInfo) -> None:
-        self.error = error
-
-
-class AttemptFinished:
-    """An attempt ended; exactly one of ``result`` / ``error`` describes how."""
-
-    __slots__ = ("attempt", "error", "interrupted", "result", "retryable")
-
-    def __init__(
-        self,
-        attempt: int,
-        result: bytes | None = None,
-        error: ErrorInfo | None = None,
-        retryable: bool = True,
-        interrupted: str | None = None,
-    ) -> None:
-        self.attempt = attempt
-        self.result = result
-        self.error = error
-        self.retryable = retryable
-        self.interrupted = interrupted  # "stop", "restart", "close", "timeout" or None
-
-
-class Invalidate:
-    """The task can never run (its function was unregistered)."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class RequestStop:
-    """``rt.stop``: answered with the record once the task is Stopped."""
-
-    __slots__ = ()
-
-
-class InstanceReplaced:
-    """The instance a stopped task ran on has run PreStop and been destroyed."""
-
-    __slots__ = ("detail",)
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
 
 
 class Recover:
@@ -98,52 +27,13 @@ class Recover:
     __slots__ = ()
 
 
-class RetryDue:
-    """The backoff before the next attempt is over."""
-
-    __slots__ = ()
-
-
 # --- to an instance pool -----------------------------------------------------
 
 
-class Submit:
-    """A task waits for a slot (first try, or a retry after its backoff)."""
+class Wake:
+    """New tasks wait in the function's inbox (one Wake per batch of invokes)."""
 
-    __slots__ = ("enqueued_at", "retry", "task")
-
-    def __init__(self, task: ActorRef, enqueued_at: float, retry: bool = False) -> None:
-        self.task = task
-        self.enqueued_at = enqueued_at  # monotonic
-        self.retry = retry
-
-
-class SlotFree:
-    """An instance slot finished its attempt and can take the next task."""
-
-    __slots__ = ("slot",)
-
-    def __init__(self, slot: Slot) -> None:
-        self.slot = slot
-
-
-class Withdraw:
-    """A task stopped before running: drop it from the queue or free its reservation."""
-
-    __slots__ = ("task",)
-
-    def __init__(self, task: ActorRef) -> None:
-        self.task = task
-
-
-class RestartInstance:
-    """A Running task was stopped: PreStop and replace its instance."""
-
-    __slots__ = ("slot", "task")
-
-    def __init__(self, task: ActorRef, slot: Slot) -> None:
-        self.task = task
-        self.slot = slot
+    __slots__ = ()
 
 
 class InstanceStarted:
@@ -180,6 +70,15 @@ class HookDone:
         self.seconds = seconds  # None when the function has no such hook
 
 
+class CodeReturned:
+    """A destroyed instance's code returned at last (a thread that was still busy)."""
+
+    __slots__ = ("instance",)
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+
+
 class Sweep:
     """The supervisor's lifecycle clock ticked: check deadlines, freeze, idle destruction."""
 
@@ -209,6 +108,12 @@ class Interrupt:
 
 class DescribeInstances:
     """Answered with a list of InstanceInfo."""
+
+    __slots__ = ()
+
+
+class Running:
+    """Answered with the number of attempts running now (what close waits for)."""
 
     __slots__ = ()
 

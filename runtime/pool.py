@@ -4,6 +4,17 @@ It dequeues a task when a slot is free (thawing a frozen instance, or cold-start
 a new one up to ``max_instances``), checks expiry at that moment, keeps
 ``min_instances`` warm, and on each lifecycle sweep enforces attempt timeouts,
 freezes idle instances and destroys those idle past ``idle_timeout``.
+
+New tasks reach it through the function's inbox (``FunctionEntry.inbox``), one
+:class:`~runtime.messages.Wake` per batch. Task actors and instances reach it
+with guarded direct calls to ``resubmit``, ``withdraw``, ``restart_for_stop``
+and ``slot_free``; everything else arrives as a message.
+
+The pool holds the truth about reservations: ``slot.reserved_by`` names the task a
+slot was given to, from the dispatch until the slot is free again. When an
+instance goes away, every reservation on it that had not started is voided and
+its task queued again at the front; every attempt still on it is reported
+interrupted. So no task can be left waiting on an instance that is gone.
 """
 
 from __future__ import annotations
@@ -17,32 +28,33 @@ from actors import Actor, ActorRef, Reply
 
 from .config import FunctionSpec
 from .errors import InstanceStartError
-from .instances import KINDS, Instance, Slot
+from .instances import KINDS, Attempt, Instance, Slot
 from .messages import (
+    CodeReturned,
     DescribeInstances,
-    Dispatch,
     Drain,
     HookDone,
     InstanceCrashed,
-    InstanceReplaced,
     InstanceStarted,
     Interrupt,
-    Invalidate,
-    RestartInstance,
+    Running,
     Shutdown,
-    SlotFree,
-    StartAttempt,
-    StartFailed,
-    Submit,
     Sweep,
-    Withdraw,
+    Wake,
 )
 from .record import ErrorInfo
 from .registry import FunctionEntry, Services
 from .states import InstanceState
 
-IS = InstanceState
+STARTING = InstanceState.STARTING
+READY = InstanceState.READY
+BUSY = InstanceState.BUSY
+FROZEN = InstanceState.FROZEN
+STOPPING = InstanceState.STOPPING
+STOPPED = InstanceState.STOPPED
 _MAX_START_BACKOFF = 30.0
+
+QueueEntry = tuple[ActorRef, float | None]  # (task, monotonic enqueue time; None: no expiry)
 
 
 class InstancePoolActor(Actor):
@@ -52,13 +64,16 @@ class InstancePoolActor(Actor):
         self.entry = entry
         self.metrics = entry.metrics
         self.services = services
-        self.queue: deque[Submit] = deque()
+        self.inbox = entry.inbox
+        self.queue: deque[QueueEntry] = deque()
         self.instances: dict[str, Instance] = {}
         self.idle: list[Slot] = []  # free slots of accepting instances; the top is used first
         self.starting_free: list[Slot] = []  # free slots of instances still starting
-        self.reserved: dict[ActorRef, Slot] = {}
+        self.reserved: dict[ActorRef, Slot] = {}  # every reservation, until its slot is free
         self.restarts: dict[Instance, list[ActorRef]] = {}  # instance -> tasks stopped on it
-        self.abandoned: dict[str, Instance] = {}  # destroyed, but would not end (threads)
+        # destroyed, but their code still runs (a thread busy with a handler): listed by
+        # rt.instances() until it ends; abandoned once it overruns pre_stop_timeout
+        self.retiring: dict[str, tuple[Instance, float]] = {}
         self.draining = False  # closing or unregistered: no new task starts
         self.unregistered = False
         self.shutting_down = False  # PreStop is being run on every instance
@@ -77,34 +92,39 @@ class InstancePoolActor(Actor):
 
     # the queue -------------------------------------------------------------------
 
-    def _on_submit(self, msg: Submit) -> None:
-        if self.unregistered and not msg.retry:
-            self.entry.queued -= 1
-            msg.task.tell(Invalidate(self._unregistered_reason()))
-            return
-        self.queue.append(msg)
+    def _on_wake(self, _: Wake) -> None:
+        self._pull_inbox()
+        self._dispatch()
+
+    def _pull_inbox(self) -> None:
+        inbox = self.inbox
+        if inbox:
+            self.queue.extend(inbox)
+            inbox.clear()
+        self.entry.wake_pending = False
+
+    def resubmit(self, task: ActorRef, enqueued_at: float | None) -> None:
+        """A task waits for a slot again: a retry after its backoff, or a recovered task."""
+        self.queue.append((task, enqueued_at))
         self._dispatch()
 
     def _dispatch(self) -> None:
         queue = self.queue
         if not queue or (self.draining and not self.unregistered):
             return
-        now = self.clock.monotonic()
         max_age = self.config.max_event_age
+        now = self.clock.monotonic() if max_age is not None else 0.0
         while queue:
             slot = self._free_slot()
             if slot is None:
                 return
-            sub = queue.popleft()
-            if not sub.retry:
-                self.entry.queued -= 1
-            task = sub.task
-            if not task.is_alive:  # stopped and gone while it waited
+            task, enqueued_at = queue.popleft()
+            if not task.is_alive:  # stopped while it waited: its entry is simply dropped
                 self._return_slot(slot)
                 continue
-            if max_age is not None and not sub.retry and now - sub.enqueued_at > max_age:
+            if max_age is not None and enqueued_at is not None and now - enqueued_at > max_age:
                 self._return_slot(slot)
-                task.tell(Dispatch(None, False, now - sub.enqueued_at))
+                task.send(TaskActor.expired, now - enqueued_at)
                 continue
             self._reserve(slot, task)
 
@@ -113,13 +133,15 @@ class InstancePoolActor(Actor):
         slot.reserved_by = task
         self.reserved[task] = slot
         instance.in_flight += 1
-        ready = instance.state is not IS.STARTING
-        if ready:
-            if instance.state is IS.FROZEN:
-                instance.thaw()
-                instance.note("thawed")
-            instance.state = IS.BUSY
-        task.tell(Dispatch(slot, ready))
+        state = instance.state
+        if state is STARTING:
+            task.send(TaskActor.dispatched, slot, False)
+            return
+        if state is FROZEN:
+            instance.thaw()
+            instance.note("thawed")
+        instance.state = BUSY
+        task.send(TaskActor.dispatched, slot, True)
 
     def _free_slot(self) -> Slot | None:
         idle = self.idle
@@ -134,47 +156,59 @@ class InstancePoolActor(Actor):
         return None
 
     def _return_slot(self, slot: Slot) -> None:
-        if slot.instance.state is IS.STARTING:
+        if slot.instance.state is STARTING:
             self.starting_free.append(slot)
         elif slot.instance.accepting:
             self.idle.append(slot)
 
     def _release(self, slot: Slot) -> None:
-        """A reservation ends without (more) work: the slot is free again."""
+        """A reservation ends (its attempt is over, or it never ran): the slot is free again."""
         task = slot.reserved_by
         if task is not None:
-            self.reserved.pop(task, None)
             slot.reserved_by = None
-        instance = slot.instance
-        instance.in_flight -= 1
-        if instance.state is IS.BUSY and instance.in_flight == 0:
-            instance.state = IS.READY
+            self.reserved.pop(task, None)
+            instance = slot.instance
+            instance.in_flight -= 1
+            if instance.in_flight == 0:
+                instance.last_used = self.clock.monotonic()
+                if instance.state is BUSY:
+                    instance.state = READY
         self._return_slot(slot)
 
-    def _on_slot_free(self, msg: SlotFree) -> None:
-        slot = msg.slot
+    def _void(self, slot: Slot, *, requeue: bool = True) -> None:
+        """A reservation on an instance going away ends. If its attempt never started,
+        the task goes back to the front of the queue (it stays Dequeued; no event)."""
+        task = slot.reserved_by
+        if task is None:
+            return
+        slot.reserved_by = None
+        self.reserved.pop(task, None)
+        slot.instance.in_flight -= 1
+        if requeue and task.is_alive:
+            self.queue.appendleft((task, None))
+
+    def slot_free(self, slot: Slot) -> None:
+        """The attempt in ``slot`` has really ended where it ran."""
         slot.attempt = None
         instance = slot.instance
+        if self.instances.get(instance.instance_id) is not instance:
+            return  # destroyed meanwhile: its reservations were settled then
         instance.tasks_served += 1
-        instance.touch()
         self._release(slot)
         if self.queue:
             self._dispatch()
         if self.draining:
             self._check_drained()
 
-    def _on_withdraw(self, msg: Withdraw) -> None:
-        slot = self.reserved.get(msg.task)
-        if slot is not None:
+    def withdraw(self, task: ActorRef) -> None:
+        """A task stopped before it ran: free the slot reserved for it, if any.
+
+        Its queue entry, if it has one, is dropped when the dispatch reaches it.
+        """
+        slot = self.reserved.get(task)
+        if slot is not None and slot.attempt is None:
             self._release(slot)
             self._dispatch()
-            return
-        for index, sub in enumerate(self.queue):
-            if sub.task is msg.task:
-                del self.queue[index]
-                if not sub.retry:
-                    self.entry.queued -= 1
-                return
 
     # instances ---------------------------------------------------------------------
 
@@ -201,7 +235,7 @@ class InstancePoolActor(Actor):
         instance = msg.instance
         if (
             self.instances.get(instance.instance_id) is not instance
-            or instance.state is not IS.STARTING
+            or instance.state is not STARTING
         ):
             return
         self._drop_free_slots(instance)
@@ -211,26 +245,29 @@ class InstancePoolActor(Actor):
             self._start_failed(instance, msg.error)
             return
         instance.activate()
-        instance.state = IS.READY
+        instance.state = READY
         instance.note("ready")
         self.start_failures = 0
         if self.shutting_down:
-            self._release_all(instance)
+            for slot in instance.slots:
+                self._void(slot)
             self._stop_instance(instance, "close")
             return
         for slot in instance.slots:
             task = slot.reserved_by
             if task is None:
                 self.idle.append(slot)
+            elif task.is_alive:
+                instance.state = BUSY
+                task.send(TaskActor.start_attempt, slot)
             else:
-                instance.state = IS.BUSY
-                task.tell(StartAttempt(slot))
+                self._release(slot)
         self._dispatch()
 
     def _start_failed(self, instance: Instance, error: ErrorInfo) -> None:
         instance.note("start_failed", f"{error.type}: {error.message}", warn=True)
         instance.destroy()  # whatever it holds (a thread, a worker process) goes with it
-        instance.state = IS.STOPPED
+        instance.state = STOPPED
         self.metrics.instance_stops["start_failed"] += 1
         del self.instances[instance.instance_id]
         reason = ErrorInfo(
@@ -244,8 +281,10 @@ class InstancePoolActor(Actor):
             if task is not None:
                 self.reserved.pop(task, None)
                 slot.reserved_by = None
-                task.tell(StartFailed(reason))
+                if task.is_alive:
+                    task.send(TaskActor.start_failed, reason)
                 served_fresh = True
+        instance.in_flight = 0
         if not served_fresh:
             # Nobody's task paid for this failure (a warm-up or a retry): back off,
             # so a broken Initializer cannot spin in a hot loop of restarts.
@@ -255,13 +294,6 @@ class InstancePoolActor(Actor):
         self._dispatch()
         self._check_drained()
 
-    def _release_all(self, instance: Instance) -> None:
-        for slot in instance.slots:
-            if slot.reserved_by is not None:
-                self.reserved.pop(slot.reserved_by, None)
-                slot.reserved_by = None
-        instance.in_flight = 0
-
     def _drop_free_slots(self, instance: Instance) -> None:
         self.starting_free = [s for s in self.starting_free if s.instance is not instance]
         self.idle = [s for s in self.idle if s.instance is not instance]
@@ -270,40 +302,45 @@ class InstancePoolActor(Actor):
         self._drop_free_slots(instance)
         instance.stop(reason, detail)
 
-    def _on_restart_instance(self, msg: RestartInstance) -> None:
-        instance = msg.slot.instance
-        self.restarts.setdefault(instance, []).append(msg.task)
-        if instance.state is IS.STOPPING:  # already on its way out
-            instance.interrupt(msg.slot, "stop")
+    def restart_for_stop(self, task: ActorRef, attempt: Attempt) -> None:
+        """A Running task was stopped: cut its attempt short and replace its instance.
+
+        A restart already under way absorbs the stop; an instance already gone answers
+        it at once.
+        """
+        instance = attempt.slot.instance
+        if self.instances.get(instance.instance_id) is not instance:
+            detail = f"instance {instance.instance_id} was already gone ({instance.stop_detail})"
+            task.send(TaskActor.instance_replaced, detail)
             return
-        self._restart(instance, "stop", f"restart: task {msg.task.name} was stopped", msg.slot)
+        self.restarts.setdefault(instance, []).append(task)
+        if instance.state is STOPPING:  # on its way out already: this stop waits for it
+            if attempt.slot.attempt is attempt:
+                instance.interrupt(attempt.slot, "stop")
+            return
+        self._restart(instance, "stop", f"restart: task {task.name} was stopped", attempt.slot)
 
     def _restart(self, instance: Instance, reason: str, detail: str, cause: Slot) -> None:
         """Cut every attempt on ``instance`` short, run PreStop, and replace it."""
         for slot in instance.slots:
             if slot.attempt is not None:
                 instance.interrupt(slot, reason if slot is cause else "restart")
+            else:
+                self._void(slot)
         instance.replace = True
         self._stop_instance(instance, reason, detail)
+        self._dispatch()  # voided tasks may go to other instances now
 
     def _on_instance_crashed(self, msg: InstanceCrashed) -> None:
         instance = msg.instance
         if self.instances.get(instance.instance_id) is not instance:
             return
-        del self.instances[instance.instance_id]
-        self._drop_free_slots(instance)
-        instance.hook_running = None
-        instance.state = IS.STOPPED
-        instance.note("crashed", msg.detail, warn=True)
-        self.metrics.instance_stops["crash"] += 1
         if msg.protocol:
             self.metrics.protocol_errors += 1
-        for task in self.restarts.pop(instance, []):  # a stop under way: the instance is gone
-            task.tell(InstanceReplaced(f"instance {instance.instance_id} crashed: {msg.detail}"))
-        if not self.draining:
-            self._ensure_min()
-        self._dispatch()
-        self._check_drained()
+        instance.hook_running = None
+        instance.note("crashed", msg.detail, warn=True)
+        self.metrics.instance_stops["crash"] += 1
+        self._gone(instance, f"instance {instance.instance_id} crashed: {msg.detail}")
         if self.shutting_down:
             self._check_shutdown()
 
@@ -317,7 +354,7 @@ class InstancePoolActor(Actor):
         if msg.error is not None:
             instance.note(f"{msg.hook}_failed", f"{msg.error.type}: {msg.error.message}", warn=True)
         if msg.hook != "pre_freeze":
-            self._destroyed(instance)
+            self._destroyed(instance, msg)
         elif self.shutting_down:
             self._stop_instance(instance, "close")
         else:
@@ -326,43 +363,75 @@ class InstancePoolActor(Actor):
             self._check_shutdown()
 
     def _frozen(self, instance: Instance) -> None:
-        if instance.state is not IS.READY or instance.in_flight:
+        if instance.state is not READY or instance.in_flight:
             return
         instance.frozen()
-        instance.state = IS.FROZEN
+        instance.state = FROZEN
         instance.note("frozen")
         self.idle[:0] = [s for s in instance.slots if s.reserved_by is None]  # used last
         self._dispatch()
 
-    def _destroyed(self, instance: Instance) -> None:
+    def _destroyed(self, instance: Instance, pre_stop: HookDone) -> None:
+        """PreStop is over (it ran, failed, overran, or there is none): the instance goes."""
         instance.destroy()
-        instance.state = IS.STOPPED
-        self.instances.pop(instance.instance_id, None)
-        if instance.abandoned:
-            # It would not end (a thread ignoring its stop flag): counted, listed by
-            # rt.instances() until it does, and replaced like any other.
-            instance.note("abandoned", f"still running after {instance.stop_detail}", warn=True)
-            self.metrics.instance_stops["abandoned"] += 1
-            self.abandoned[instance.instance_id] = instance
+        still_running = instance.still_running()
+        if still_running and pre_stop.error is not None:
+            # It overran pre_stop_timeout (a thread ignoring its stop flag): counted and
+            # listed by rt.instances() until it ends, and replaced like any other.
+            self._abandon(instance, f"still running after {instance.stop_detail}")
+            after = " and abandoned: its code is still running"
+        elif still_running:
+            # No PreStop to wait for, but its code has not returned yet: it gets up to
+            # pre_stop_timeout before it counts as abandoned.
+            deadline = self.clock.monotonic() + self.config.pre_stop_timeout
+            self.retiring[instance.instance_id] = (instance, deadline)
+            instance.note("retiring", "waiting for its code to return")
+            after = "; its code has not returned yet (stop_requested is set)"
         else:
             instance.note("stopped", instance.stop_detail)
             self.metrics.instance_stops[instance.stop_reason] += 1
-        for task in self.restarts.pop(instance, []):
-            task.tell(
-                InstanceReplaced(f"PreStop ran and instance {instance.instance_id} was replaced")
-            )
+            after = ""
+        self._gone(instance, _what_happened(instance, pre_stop) + after)
+
+    def _gone(self, instance: Instance, detail: str) -> None:
+        """The instance is no more: settle everything still tied to it, replace it if due."""
+        instance.state = STOPPED
+        self.instances.pop(instance.instance_id, None)
+        self._drop_free_slots(instance)
+        for slot in instance.slots:
+            ran = slot.attempt is not None
+            if ran:
+                instance.interrupt(slot, "restart")  # reported now, whatever the kind does
+                slot.attempt = None
+            self._void(slot, requeue=not ran)
+        instance.in_flight = 0
+        replacement = None
         if (
-            instance.replace
+            (instance.replace or instance in self.restarts)
             and not self.draining
             and len(self.instances) < self.config.max_instances
         ):
-            self._start_instance()  # the restart: a fresh instance runs the Initializer
-        self._ensure_min()
+            replacement = self._start_instance()  # the restart: a fresh instance, Initializer
+        tasks = self.restarts.pop(instance, [])
+        if tasks:
+            if replacement is not None:
+                detail += f"; {replacement.instance_id} starts in its place"
+            for task in tasks:
+                if task.is_alive:
+                    task.send(TaskActor.instance_replaced, detail)
+        if not self.draining:
+            self._ensure_min()
         self._dispatch()
         self._check_drained()
 
+    def _abandon(self, instance: Instance, detail: str) -> None:
+        instance.abandoned = True
+        instance.note("abandoned", detail, warn=True)
+        self.metrics.instance_stops["abandoned"] += 1
+        self.retiring[instance.instance_id] = (instance, float("inf"))
+
     def _ensure_min(self) -> None:
-        alive = sum(1 for i in self.instances.values() if i.state is not IS.STOPPING)
+        alive = sum(1 for i in self.instances.values() if i.state is not STOPPING)
         while alive < self.config.min_instances and self._can_start():
             self._start_instance()
             alive += 1
@@ -376,59 +445,71 @@ class InstancePoolActor(Actor):
             if instance.in_flight:
                 self._enforce_timeouts(instance, now)
                 continue
-            if instance.hook_running is not None or instance.state not in (IS.READY, IS.FROZEN):
+            if instance.hook_running is not None or instance.state not in (READY, FROZEN):
                 continue
             idle_for = now - instance.last_used
             if idle_for >= config.idle_timeout and self._above_min():
                 self._stop_instance(instance, "idle", f"idle for {idle_for:.1f} s")
-            elif (
-                instance.state is IS.READY and idle_for >= config.freeze_after and not self.draining
-            ):
+            elif instance.state is READY and idle_for >= config.freeze_after and not self.draining:
                 self._drop_free_slots(instance)
                 instance.freeze()
         if not self.draining:
             self._ensure_min()
-        if self.abandoned:
-            self._prune_abandoned()
+        if self.retiring:
+            self._check_retiring(now)
         self._dispatch()
 
     def _enforce_timeouts(self, instance: Instance, now: float) -> None:
         for slot in instance.slots:
             attempt = slot.attempt
-            if attempt is None or attempt.deadline > now or instance.state is IS.STOPPING:
+            if attempt is None or attempt.deadline > now or attempt.done:
                 continue
-            if instance.restart_on_timeout:
+            if instance.restart_on_timeout and instance.state is not STOPPING:
                 detail = f"restart: an attempt of {attempt.task.name} ran past the timeout"
                 self._restart(instance, "timeout", detail, slot)
                 return
             instance.interrupt(slot, "timeout")
 
-    def _prune_abandoned(self) -> None:
-        for instance_id, instance in list(self.abandoned.items()):
+    def _on_code_returned(self, msg: CodeReturned) -> None:
+        instance = msg.instance
+        if self.retiring.pop(instance.instance_id, None) is None:
+            return
+        if instance.abandoned:
+            instance.note("ended", "the abandoned instance finally stopped")
+        else:
+            instance.note("stopped", instance.stop_detail)
+            self.metrics.instance_stops[instance.stop_reason] += 1
+
+    def _check_retiring(self, now: float) -> None:
+        for instance, deadline in list(self.retiring.values()):
             if not instance.still_running():
-                instance.note("ended", "the abandoned instance finally stopped")
-                del self.abandoned[instance_id]
+                self._on_code_returned(CodeReturned(instance))
+            elif now >= deadline and not instance.abandoned:
+                timeout = self.config.pre_stop_timeout
+                self._abandon(instance, f"still running {timeout} s after {instance.stop_detail}")
 
     def _above_min(self) -> bool:
-        alive = sum(1 for i in self.instances.values() if i.state is not IS.STOPPING)
+        alive = sum(1 for i in self.instances.values() if i.state is not STOPPING)
         return alive > self.config.min_instances or self.draining
 
     # draining, shutdown, introspection -------------------------------------------------
 
     def _on_drain(self, msg: Drain) -> None:
+        self._pull_inbox()
         self.draining = True
         if msg.unregister:
             self.unregistered = True
             reason = self._unregistered_reason()
-            for sub in self.queue:
-                if not sub.retry:
-                    self.entry.queued -= 1
-                    sub.task.tell(Invalidate(reason))
-            self.queue = deque(sub for sub in self.queue if sub.retry)
-            for slot in list(self.reserved.values()):
-                if slot.instance.state is IS.STARTING and slot.reserved_by is not None:
-                    slot.reserved_by.tell(Invalidate(reason))
+            for task, _ in self.queue:
+                if task.is_alive:
+                    task.send(TaskActor.invalidate, reason)
+            # what is still alive is a retry owed (or a task that could not be told yet)
+            self.queue = deque(item for item in self.queue if item[0].is_alive)
+            for task, slot in list(self.reserved.items()):
+                if slot.instance.state is STARTING:
                     self._release(slot)
+                    if task.is_alive:
+                        task.send(TaskActor.invalidate, reason)
         self.drain_replies.append(self.defer_reply())
         self._check_drained()
 
@@ -446,7 +527,7 @@ class InstancePoolActor(Actor):
             self._shutdown()
 
     def _on_interrupt(self, _: Interrupt) -> None:
-        for instance in self.instances.values():
+        for instance in list(self.instances.values()):
             for slot in instance.slots:
                 if slot.attempt is not None:
                     instance.interrupt(slot, "close")
@@ -459,13 +540,13 @@ class InstancePoolActor(Actor):
         self.draining = True
         self.shutting_down = True
         for instance in list(self.instances.values()):
-            if instance.state in (IS.READY, IS.BUSY, IS.FROZEN) and instance.hook_running is None:
+            if instance.state in (READY, BUSY, FROZEN) and instance.hook_running is None:
                 detail = "unregistered" if self.unregistered else "runtime closing"
                 self._stop_instance(instance, "close", detail)
         self._check_shutdown()
 
     def _check_shutdown(self) -> None:
-        if any(i.state is not IS.STARTING for i in self.instances.values()):
+        if any(i.state is not STARTING for i in self.instances.values()):
             return
         for instance in list(self.instances.values()):  # Initializers still running: end them
             instance.note("stopped", "closed while its Initializer ran")
@@ -479,24 +560,40 @@ class InstancePoolActor(Actor):
             self.stop_self()
 
     def _on_describe(self, _: DescribeInstances) -> list[Any]:
-        gone = [instance.info() for instance in self.abandoned.values()]
+        gone = [instance.info() for instance, _ in self.retiring.values()]
         return [instance.info() for instance in self.instances.values()] + gone
+
+    def _on_running(self, _: Running) -> int:
+        return sum(1 for i in self.instances.values() for s in i.slots if s.attempt is not None)
 
     def _unregistered_reason(self) -> str:
         return f"function {self.spec.name!r} was unregistered before the task ran"
 
 
+def _what_happened(instance: Instance, pre_stop: HookDone) -> str:
+    """What the Stopped event of a task stopped on ``instance`` says, truthfully."""
+    gone = f"instance {instance.instance_id} was destroyed"
+    if pre_stop.seconds is None and pre_stop.error is None:
+        return f"no PreStop configured; {gone}"
+    if pre_stop.error is None:
+        return f"PreStop ran ({pre_stop.seconds:.3f} s); {gone}"
+    return f"PreStop did not finish ({pre_stop.error.type}: {pre_stop.error.message}); {gone}"
+
+
 _HANDLERS: dict[type, Callable[[InstancePoolActor, Any], Any]] = {
-    Submit: InstancePoolActor._on_submit,
-    SlotFree: InstancePoolActor._on_slot_free,
-    Withdraw: InstancePoolActor._on_withdraw,
+    Wake: InstancePoolActor._on_wake,
     InstanceStarted: InstancePoolActor._on_instance_started,
     InstanceCrashed: InstancePoolActor._on_instance_crashed,
-    RestartInstance: InstancePoolActor._on_restart_instance,
     HookDone: InstancePoolActor._on_hook_done,
+    CodeReturned: InstancePoolActor._on_code_returned,
     Sweep: InstancePoolActor._on_sweep,
     Drain: InstancePoolActor._on_drain,
     Interrupt: InstancePoolActor._on_interrupt,
     Shutdown: InstancePoolActor._on_shutdown,
     DescribeInstances: InstancePoolActor._on_describe,
+    Running: InstancePoolActor._on_running,
 }
+
+# The pool and the task actor call each other's methods: one of the two imports has to
+# come after the class it needs is defined.
+from .task_actor import TaskActor  # noqa: E402

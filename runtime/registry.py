@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actors import ActorRef, ActorSystem, Clock
@@ -17,19 +18,23 @@ if TYPE_CHECKING:
 
 
 class FunctionEntry:
-    """One registration: its spec, its pool, and two counters read without a message.
+    """One registration: its spec, its pool, its inbox, and two counters read without a message.
 
-    ``queued`` (accepted and not yet taken by the pool) is raised by ``invoke``
-    and lowered by the pool; ``live`` (not yet terminal) is raised by ``invoke``
-    and lowered when a task ends. Both are touched only on the loop thread.
+    ``invoke`` appends new tasks to ``inbox`` and tells the pool one ``Wake`` per
+    batch (``wake_pending`` says one is on its way). ``queued`` (accepted and not
+    yet dequeued) is raised by ``invoke`` and lowered by each task when it leaves
+    the queue; ``live`` (not yet terminal) is raised by ``invoke`` and lowered
+    when a task ends. All of it is touched only on the loop thread.
     """
 
-    __slots__ = ("live", "metrics", "pool", "queued", "spec")
+    __slots__ = ("inbox", "live", "metrics", "pool", "queued", "spec", "wake_pending")
 
     def __init__(self, spec: FunctionSpec, metrics: FunctionMetrics) -> None:
         self.spec = spec
         self.metrics = metrics
         self.pool: ActorRef | None = None
+        self.inbox: deque[tuple[ActorRef, float | None]] = deque()
+        self.wake_pending = False
         self.queued = 0
         self.live = 0
 
@@ -38,10 +43,12 @@ class Services:
     """What runtime actors need from their runtime, handed to them at creation."""
 
     __slots__ = (
+        "attempt_finished",
         "background",
         "clock",
         "now",
         "random",
+        "slot_free",
         "store",
         "store_update",
         "system",
@@ -66,3 +73,10 @@ class Services:
         self.background = background
         self.task_finished = task_finished
         self.random = rng
+        # What an instance calls (with ActorRef.send) when an attempt ends: the task's
+        # and the pool's methods, handed over here so instance kinds need neither class.
+        from .pool import InstancePoolActor
+        from .task_actor import TaskActor
+
+        self.attempt_finished: Callable[..., Any] = TaskActor.attempt_finished
+        self.slot_free: Callable[..., Any] = InstancePoolActor.slot_free

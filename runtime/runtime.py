@@ -6,13 +6,14 @@ import asyncio
 import builtins
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from actors import ActorDeadError, ActorRef, ActorSystem, Clock, SystemClock
+from actors import ActorRef, ActorSystem, Clock, SystemClock
 
 from . import codec
 from .config import FunctionSpec, check_name, make_spec
@@ -35,9 +36,9 @@ from .messages import (
     Interrupt,
     Recover,
     RemoveFunction,
-    RequestStop,
+    Running,
     Shutdown,
-    Submit,
+    Wake,
 )
 from .metrics import FunctionMetrics, StintCollector
 from .metrics_server import MetricsServer
@@ -50,7 +51,9 @@ from .supervisor import SupervisorActor
 from .task_actor import TaskActor
 
 logger = logging.getLogger("stint")
-_BACKPRESSURE = 4096  # run-queue length past which invoke yields to the loop
+_BACKPRESSURE = 4096  # inbox length past which invoke yields to the loop
+_WAKE = Wake()
+_ENQUEUED = TaskState.ENQUEUED
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -98,6 +101,8 @@ class Runtime:
         self._state = "new"  # new -> started -> closing -> closed
         #: How many background tasks (hooks, workers) close() had to cancel.
         self.close_cancelled = 0
+        #: The tasks close() left unfinished, by state (recovered later by a durable store).
+        self.close_unfinished: dict[str, int] = {}
         self._metrics: dict[str, FunctionMetrics] = {}  # outlives unregister: counters only grow
         self._collector = StintCollector(
             lambda: self._metrics,
@@ -191,20 +196,49 @@ class Runtime:
         self._live[record.task_id] = ref
         entry.live += 1
         if record.status in (TaskState.ENQUEUED, TaskState.DEQUEUED):
-            entry.queued += 1
+            entry.queued += 1  # the task counts itself out when it leaves the queue
         ref.tell(Recover())
 
     async def close(self) -> None:
         """Stop accepting tasks, let running ones finish (up to ``close_timeout``), run
-        PreStop on every instance, and stop every actor and background task."""
+        PreStop on every instance, and stop every actor and background task.
+
+        It logs what it waits for, and accounts for every task left unfinished
+        (``close_unfinished``): kept for recovery by a durable store, lost with the
+        memory store. Cancelling ``close()`` — a second Ctrl-C under ``asyncio.run``
+        does — stops the waiting: attempts are cut short and workers killed, the store
+        is still closed properly, then the cancellation goes on.
+        """
         if self._state in ("closing", "closed"):
             return
         if self._state == "new":
             self._state = "closed"
             return
         self._state = "closing"
+        try:
+            await self._wind_down()
+        except asyncio.CancelledError:
+            logger.warning("stint: close interrupted: cutting running work short")
+            await self._tear_down(hurry=True)
+            raise
+        await self._tear_down(hurry=False)
+
+    async def _wind_down(self) -> None:
+        """Let running attempts finish (up to close_timeout), then PreStop every instance."""
         pools = [pool for pool in self._pools if pool.is_alive]
+        running = sum(await self._ask_each(pools, Running))
+        if running:
+            logger.warning(
+                "stint: closing: waiting up to %.1f s for %d running attempt(s) to finish "
+                "(cancel close(), or press Ctrl-C again, to stop waiting)",
+                self.close_timeout,
+                running,
+            )
         if not await self._ask_all(pools, Drain, self.close_timeout):
+            logger.warning(
+                "stint: closing: attempts still running after close_timeout=%s s: interrupted",
+                self.close_timeout,
+            )
             for pool in pools:
                 pool.tell(Interrupt())
             await self._ask_all(pools, Drain, 5.0)
@@ -212,11 +246,20 @@ class Runtime:
             (e.spec.config.pre_stop_timeout for e in self._functions.values()), default=0
         )
         await self._ask_all(pools, Shutdown, longest_pre_stop + 5.0)
-        # worker processes get 1 s to exit; anything still running after 3 s is cut
-        self.close_cancelled = await self._background.wait(timeout=3.0)
-        if self.close_cancelled:
-            logger.warning("close() cancelled %d background task(s)", self.close_cancelled)
+
+    async def _tear_down(self, *, hurry: bool) -> None:
+        """Stop background work, account for unfinished tasks, close actors and the store."""
         assert self._system is not None
+        if hurry:
+            for pool in self._pools:
+                pool.tell(Interrupt())
+            self.close_cancelled = await self._background.cancel_all()
+        else:
+            # worker processes get 1 s to exit; anything still running after 3 s is cut
+            self.close_cancelled = await self._background.wait(timeout=3.0)
+            if self.close_cancelled:
+                logger.warning("close() cancelled %d background task(s)", self.close_cancelled)
+        await self._account_for_unfinished()
         self._system.close()
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -229,11 +272,37 @@ class Runtime:
         for _, joiner in self._join_waiters:
             if not joiner.done():
                 joiner.set_exception(RuntimeClosedError("the runtime closed before it was idle"))
-        await self._store.close()
-        if self._metrics_server is not None:
-            await self._metrics_server.close()
-            self._metrics_server = None
-        self._state = "closed"
+        try:
+            await self._store.close()
+        finally:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
+                self._metrics_server = None
+            self._state = "closed"
+
+    async def _account_for_unfinished(self) -> None:
+        """Count the tasks close leaves unfinished, by state, and say what becomes of them."""
+        unfinished: Counter[str] = Counter()
+        for task_id in self._live:
+            record = await self._store.get(task_id)
+            if record is not None and not record.is_terminal:
+                unfinished[str(record.status)] += 1
+        self.close_unfinished = dict(unfinished)
+        total = sum(unfinished.values())
+        if not total:
+            return
+        states = ", ".join(f"{state}: {count}" for state, count in sorted(unfinished.items()))
+        if self._store.durable:
+            fate = f"kept in {self._store.url}: they are recovered on the next start"
+        else:
+            fate = "lost: the memory store keeps nothing (use a durable store to keep them)"
+        logger.warning("stint: closed with %d unfinished task(s) (%s): %s", total, states, fate)
+
+    async def _ask_each(self, pools: list[ActorRef], message: type[Any]) -> list[Any]:
+        answers = await asyncio.gather(
+            *[pool.ask(message()) for pool in pools if pool.is_alive], return_exceptions=True
+        )
+        return [answer for answer in answers if not isinstance(answer, BaseException)]
 
     async def _ask_all(self, pools: list[ActorRef], message: type[Any], timeout: float) -> bool:
         asks = [pool.ask(message()) for pool in pools if pool.is_alive]
@@ -365,9 +434,14 @@ class Runtime:
         entry.live += 1
         metrics = entry.metrics
         metrics.submitted += 1
-        metrics.entered[TaskState.ENQUEUED] += 1
-        entry.pool.tell(Submit(ref, clock.monotonic()))
-        if self._system.pending_messages > _BACKPRESSURE:
+        metrics.entered[_ENQUEUED] += 1
+        inbox = entry.inbox
+        # no clock read unless the function can expire
+        inbox.append((ref, clock.monotonic() if config.max_event_age is not None else None))
+        if not entry.wake_pending:
+            entry.wake_pending = True
+            entry.pool.tell(_WAKE)
+        elif len(inbox) > _BACKPRESSURE:
             # A burst of invokes that never yields would pile every task up before
             # the first one runs. Letting the loop turn keeps work flowing (and
             # memory flat); the task is already accepted and stored.
@@ -464,12 +538,10 @@ class Runtime:
         Stopping or Stopped task is fine; a finished one raises :class:`TaskFinishedError`.
         """
         ref = self._live.get(task_id)
-        if ref is not None:
-            try:
-                result: TaskRecord = await ref.ask(RequestStop())
-                return result
-            except ActorDeadError:
-                pass  # it ended meanwhile, or the runtime closed: the record says which
+        if ref is not None and ref.is_alive:
+            reply: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+            ref.send(TaskActor.request_stop, reply)
+            return await reply
         record = await self._record(task_id)
         if record.status is TaskState.STOPPED:
             return record.copy()

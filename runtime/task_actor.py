@@ -3,48 +3,57 @@
 Every transition goes through :meth:`TaskActor._move`, which checks it against
 the lifecycle table, appends an event and writes through the store. The actor
 stops itself when the task is terminal, so it lives exactly as long as the task.
+
+Its pool and the instance running its attempt reach it with guarded direct calls
+(``ActorRef.send``) to the public methods below: each runs as one message, in
+order with everything else sent to the task. Anything a call carries may be
+stale by the time it runs (a reservation voided by a restart, an attempt cut
+short), so each method checks before it acts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 from typing import Any
 
-from actors import Actor, Reply, TimerHandle
+from actors import Actor, TimerHandle
 
 from .context import TaskContext
-from .errors import IllegalTransitionError, TaskFinishedError
+from .errors import RuntimeClosedError, TaskFinishedError
 from .instances.base import Attempt, Slot
-from .messages import (
-    AttemptFinished,
-    Dispatch,
-    InstanceReplaced,
-    Invalidate,
-    Recover,
-    RequestStop,
-    RestartInstance,
-    RetryDue,
-    StartAttempt,
-    StartFailed,
-    Submit,
-    Withdraw,
-)
+from .messages import Recover
 from .record import ErrorInfo, TaskRecord
 from .registry import FunctionEntry, Services
 from .states import FINISHED, NAME, TERMINAL, TRANSITIONS, TaskState, check_transition
 
-S = TaskState
+# Module-level constants: reading an enum member off its class costs several times a
+# global read, and the hot path reads them a dozen times per task.
+ENQUEUED = TaskState.ENQUEUED
+DEQUEUED = TaskState.DEQUEUED
+EXPIRED = TaskState.EXPIRED
+INVALID = TaskState.INVALID
+RUNNING = TaskState.RUNNING
+RETRYING = TaskState.RETRYING
+FAILED = TaskState.FAILED
+SUCCEEDED = TaskState.SUCCEEDED
+STOPPING = TaskState.STOPPING
+STOPPED = TaskState.STOPPED
+
+# Where the pool holds a task: in its queue, or as a slot reserved while an instance
+# cold-starts. Anywhere else (running, backing off, terminal): None.
+QUEUED = "queued"
+RESERVED = "reserved"
 
 
 class TaskActor(Actor):
     __slots__ = (
-        "attempt_started",
+        "attempt",
+        "counted",
         "entry",
-        "in_queue",
+        "place",
         "record",
         "retry_timer",
         "services",
-        "slot",
         "stop_replies",
     )
 
@@ -52,18 +61,29 @@ class TaskActor(Actor):
         self.record = record
         self.entry = entry
         self.services = services
-        self.slot: Slot | None = None  # the slot reserved for it, from Dispatch to attempt end
-        self.in_queue = True  # in its pool's queue (a Submit the pool has not dispatched)
+        self.attempt: Attempt | None = None  # the attempt under way, until its outcome
+        self.place: str | None = QUEUED
+        self.counted = True  # still counted in entry.queued (accepted, not yet dequeued)
         self.retry_timer: TimerHandle | None = None
-        self.stop_replies: list[Reply] | None = None  # made only if someone stops it
-        self.attempt_started = 0.0  # monotonic start of the current attempt
+        self.stop_replies: list[asyncio.Future[TaskRecord]] | None = None  # only if stopped
 
     def receive(self, message: Any) -> Any:
-        return _HANDLERS[type(message)](self, message)
+        if type(message) is Recover:
+            self._recover()
+            return None
+        raise TypeError(f"a task actor does not handle {type(message).__name__}")
+
+    def on_stop(self) -> None:
+        # Stopped by the actor system closing under it: nobody will answer a stop now.
+        if self.stop_replies:
+            for reply in self.stop_replies:
+                if not reply.done():
+                    reply.set_exception(RuntimeClosedError("the runtime closed before the stop"))
+            self.stop_replies = None
 
     # transitions ---------------------------------------------------------------
 
-    def _move(self, new: TaskState, detail: str = "") -> None:
+    def _move(self, new: TaskState, detail: str = "", now: float | None = None) -> None:
         record = self.record
         old = record.status
         if new not in TRANSITIONS[old]:  # the cheap test inline; the table's own check raises
@@ -71,99 +91,145 @@ class TaskActor(Actor):
         metrics = self.entry.metrics
         metrics.exited[old] += 1
         metrics.entered[new] += 1
-        services = self.services
-        now = services.now()
+        if now is None:
+            now = self.services.now()
         record.status = new
         record._events.append((NAME[new], now, detail))
         if new in TERMINAL:
             record.ended_at = now
-        if services.store_update is not None:
-            services.store_update(record)
+        update = self.services.store_update
+        if update is not None:
+            update(record)
 
     def _finish(self) -> None:
         """The task is terminal: tell the runtime, answer stop requests, and go."""
+        self.stop_self()  # first: from now on its pool sees it gone
         self.services.task_finished(self.record, self.entry)
         if self.stop_replies:
             snapshot = self.record.copy()
             for reply in self.stop_replies:
-                reply.send(snapshot)
+                if not reply.done():
+                    reply.set_result(snapshot)
             self.stop_replies = None
-        self.stop_self()
 
-    # handlers ---------------------------------------------------------------------
+    def _uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.entry.queued -= 1
 
-    def _on_dispatch(self, msg: Dispatch) -> None:
-        self.in_queue = False
+    # from the pool ----------------------------------------------------------------
+
+    def dispatched(self, slot: Slot, ready: bool) -> None:
+        """The pool reserved ``slot`` for the task; ``ready``: its instance can run it now."""
+        if slot.reserved_by is not self.ref:
+            return  # the reservation was voided (a restart) while this was on its way
+        self._uncount()
         status = self.record.status
-        if status is S.DEQUEUED:  # recovered after a restart: dequeued again
-            if msg.expired_after is not None:
-                self._move(S.EXPIRED, _expired_detail(msg.expired_after, self.entry))
-                self._finish()
-                return
-        elif status is S.ENQUEUED:
-            if msg.expired_after is not None:
-                self._move(S.DEQUEUED)
-                self._move(S.EXPIRED, _expired_detail(msg.expired_after, self.entry))
-                self._finish()
-                return
-            self._move(S.DEQUEUED, "" if msg.ready else "waiting for a cold start")
-        elif status is not S.RETRYING:
-            raise IllegalTransitionError(f"task {self.record.task_id}: dispatched while {status}")
-        assert msg.slot is not None
-        self.slot = msg.slot
-        if msg.ready:
-            self._run(msg.slot)
+        if not ready:
+            self.place = RESERVED
+            if status is ENQUEUED:
+                self._move(DEQUEUED, "waiting for a cold start")
+            return
+        self.place = None
+        now = self.services.now()  # one timestamp for Dequeued and Running
+        if status is ENQUEUED:
+            self._move(DEQUEUED, "", now)
+        self._run(slot, now)
 
-    def _on_start_attempt(self, msg: StartAttempt) -> None:
-        if self.slot is msg.slot and self.record.status in (S.DEQUEUED, S.RETRYING):
-            self._run(msg.slot)
+    def start_attempt(self, slot: Slot) -> None:
+        """The instance holding the task's reservation finished starting."""
+        if slot.reserved_by is self.ref and self.place is RESERVED:
+            self.place = None
+            self._run(slot, self.services.now())
 
-    def _run(self, slot: Slot) -> None:
+    def expired(self, waited: float) -> None:
+        """The pool found the task older than ``max_event_age`` when it got to it."""
+        self._uncount()
+        self.place = None
+        max_age = self.entry.spec.config.max_event_age
+        detail = f"waited {waited:.3f} s in the queue, over max_event_age={max_age} s"
+        if self.record.status is ENQUEUED:
+            self._move(DEQUEUED)
+        self._move(EXPIRED, detail)
+        self._finish()
+
+    def start_failed(self, error: ErrorInfo) -> None:
+        """The instance holding the task's reservation could not be created."""
+        self.place = None
+        status = self.record.status
+        if status is DEQUEUED:
+            self.record.error = error
+            self._move(INVALID, error.message)
+            self._finish()
+        elif status is RETRYING:
+            self._resubmit()  # the retry waits for another instance
+
+    def invalidate(self, reason: str) -> None:
+        """The task can never run (its function was unregistered)."""
+        status = self.record.status
+        if status is ENQUEUED:
+            self._move(DEQUEUED, "dequeued to be invalidated")
+        elif status is not DEQUEUED:
+            return  # retries and running attempts of an unregistered function finish
+        self._uncount()
+        self.place = None
+        self._move(INVALID, reason)
+        self._finish()
+
+    def instance_replaced(self, detail: str) -> None:
+        """The instance the task was stopped on is gone (PreStop ran, or it could not)."""
+        if self.record.status is STOPPING:
+            self.attempt = None
+            self._move(STOPPED, detail)
+            self._finish()
+
+    # attempts ------------------------------------------------------------------------
+
+    def _run(self, slot: Slot, now: float) -> None:
         record = self.record
-        clock = self.services.clock
+        entry = self.entry
+        services = self.services
         instance = slot.instance
-        timeout = self.entry.spec.config.timeout
+        timeout = entry.spec.config.timeout
         record.attempts += 1
         number = record.attempts
-        now = clock.time()
         if record.started_at is None:
             record.started_at = now
-            self.entry.metrics.queue_wait.observe(now - record.created_at)
-        self.attempt_started = clock.monotonic()
-        record.instance_id = instance.instance_id
-        self._move(S.RUNNING, instance.instance_id)
+            entry.metrics.queue_wait.observe(now - record.created_at)
+        started = services.clock.monotonic()
+        instance_id = instance.instance_id
+        record.instance_id = instance_id
         context = TaskContext(
             record.task_id, record.function, number, now + timeout, instance.context
         )
-        deadline = clock.monotonic() + timeout
-        instance.run(slot, Attempt(self.ref, number, record.payload_bytes, context, deadline))
-
-    def _on_start_failed(self, msg: StartFailed) -> None:
-        self.slot = None
-        status = self.record.status
-        if status is S.DEQUEUED:
-            self.record.error = msg.error
-            self._move(S.INVALID, msg.error.message)
-            self._finish()
-        elif status is S.RETRYING:
-            self._submit()  # the retry waits for another instance
-
-    def _on_attempt_finished(self, msg: AttemptFinished) -> None:
-        record = self.record
-        if msg.attempt != record.attempts or record.status is not S.RUNNING:
-            return  # a stopped task's interrupted attempt, or one from before a restart
-        self.slot = None
-        self.entry.metrics.attempt(
-            _outcome(msg), self.services.clock.monotonic() - self.attempt_started
+        attempt = Attempt(
+            self.ref, number, record._payload, context, started + timeout, slot, started
         )
-        if msg.error is None:
-            record.result_bytes = msg.result
-            self._move(S.SUCCEEDED)
+        self.attempt = attempt
+        slot.attempt = attempt
+        self._move(RUNNING, instance_id, now)
+        instance.run(slot, attempt)
+
+    def attempt_finished(self, attempt: Attempt) -> None:
+        """The attempt ended (or was cut short): its outcome is on it."""
+        if attempt is not self.attempt:
+            return  # one from before a restart
+        self.attempt = None
+        self.entry.metrics.attempt(
+            attempt.outcome, self.services.clock.monotonic() - attempt.started
+        )
+        record = self.record
+        if record.status is not RUNNING:
+            return  # Stopping: the stop completes once the instance is replaced
+        error = attempt.error
+        if error is None:
+            record._result = attempt.result
+            self._move(SUCCEEDED)
             self._finish()
-        elif msg.interrupted == "close":
+        elif attempt.interrupted == "close":
             pass  # the runtime is closing: the attempt is lost, not failed (see close())
         else:
-            self._attempt_failed(msg.error, msg.retryable)
+            self._attempt_failed(error, attempt.retryable)
 
     def _attempt_failed(self, error: ErrorInfo, retryable: bool) -> None:
         record = self.record
@@ -171,20 +237,22 @@ class TaskActor(Actor):
         record.error = error
         what = f"attempt {record.attempts} failed: {error.type}: {error.message}"
         if not retryable:
-            self._move(S.FAILED, f"{what} (not retryable)")
+            self._move(FAILED, f"{what} (not retryable)")
             self._finish()
         elif record.retries >= config.max_retries:
-            self._move(S.FAILED, f"{what}; no retries left (max_retries={config.max_retries})")
+            self._move(FAILED, f"{what}; no retries left (max_retries={config.max_retries})")
             self._finish()
         else:
             record.retries += 1
             self.entry.metrics.retries += 1
             delay = self._backoff(record.retries)
-            self._move(S.RETRYING, f"{what}; retry {record.retries} in {delay:.3f} s")
+            self._move(RETRYING, f"{what}; retry {record.retries} in {delay:.3f} s")
             if delay > 0:
-                self.retry_timer = self.schedule(delay, RetryDue())
+                self.retry_timer = self.services.system.scheduler.call_later(
+                    delay, self.ref.send, TaskActor.retry_due
+                )
             else:
-                self._submit()
+                self._resubmit()
 
     def _backoff(self, retry: int) -> float:
         config = self.entry.spec.config
@@ -195,36 +263,76 @@ class TaskActor(Actor):
         jitter: float = self.services.random.random()
         return ceiling / 2 + jitter * ceiling / 2
 
-    def _on_retry_due(self, _: RetryDue) -> None:
-        if self.retry_timer is not None and self.record.status is S.RETRYING:
+    def retry_due(self) -> None:
+        """The backoff before the next attempt is over."""
+        if self.retry_timer is not None and self.record.status is RETRYING:
             self.retry_timer = None
-            self._submit()
+            self._resubmit()
 
-    def _submit(self) -> None:
-        assert self.entry.pool is not None
-        self.in_queue = True
-        self.entry.pool.tell(Submit(self.ref, self.services.clock.monotonic(), retry=True))
+    def _resubmit(self, enqueued_at: float | None = None) -> None:
+        pool = self.entry.pool
+        assert pool is not None
+        self.place = QUEUED
+        pool.send(InstancePoolActor.resubmit, self.ref, enqueued_at)
 
-    def _on_recover(self, _: Recover) -> None:
+    # stop -----------------------------------------------------------------------------
+
+    def request_stop(self, reply: asyncio.Future[TaskRecord]) -> None:
+        """``rt.stop``: ``reply`` gets the record once the task is Stopped."""
+        record = self.record
+        status = record.status
+        if status is STOPPED:
+            reply.set_result(record.copy())
+            return
+        if status in FINISHED:
+            reply.set_exception(TaskFinishedError.of(record.task_id, status))
+            return
+        if self.stop_replies is None:
+            self.stop_replies = []
+        self.stop_replies.append(reply)
+        if status is STOPPING:
+            return  # the stop under way answers this one too
+        self._move(STOPPING, f"stop requested while {status}")
+        pool = self.entry.pool
+        assert pool is not None
+        if status is RUNNING:
+            assert self.attempt is not None
+            pool.send(InstancePoolActor.restart_for_stop, self.ref, self.attempt)
+            return
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        self._uncount()
+        self.place = None
+        self._move(STOPPED, f"stopped before running (was {status})")
+        self._finish()
+        # After _finish: the pool now sees the task gone and gives back whatever it held.
+        pool.send(InstancePoolActor.withdraw, self.ref)
+
+    # recovery -------------------------------------------------------------------------
+
+    def _recover(self) -> None:
         """Pick the task up where a crashed runtime left it (docs/stores.md)."""
         record = self.record
         status = record.status
         self.entry.metrics.entered[status] += 1  # this runtime adopts it in that state
-        self.in_queue = False
-        if status in (S.ENQUEUED, S.DEQUEUED):
+        self.place = None
+        self.counted = status is ENQUEUED or status is DEQUEUED
+        if self.counted:
             self._note("recovered after a restart: queued again")
-            assert self.entry.pool is not None
-            self.in_queue = True
-            self.entry.pool.tell(Submit(self.ref, self.services.clock.monotonic()))
-        elif status is S.RUNNING:
+            clock = self.services.clock
+            # the queue wait counts from when the task was accepted, not recovered
+            age = max(0.0, clock.time() - record.created_at)
+            self._resubmit(clock.monotonic() - age)
+        elif status is RUNNING:
             self._note("recovered after a restart: the attempt under way was lost")
             lost = ErrorInfo("RuntimeRestartedError", "runtime restarted during attempt", "")
             self._attempt_failed(lost, retryable=True)
-        elif status is S.RETRYING:
+        elif status is RETRYING:
             self._note("recovered after a restart: the retry goes ahead")
-            self._submit()
-        elif status is S.STOPPING:
-            self._move(S.STOPPED, "recovered after a restart: the stop completes")
+            self._resubmit()
+        elif status is STOPPING:
+            self._move(STOPPED, "recovered after a restart: the stop completes")
             self._finish()
 
     def _note(self, detail: str) -> None:
@@ -234,80 +342,7 @@ class TaskActor(Actor):
         if self.services.store_update is not None:
             self.services.store_update(record)
 
-    def _on_invalidate(self, msg: Invalidate) -> None:
-        status = self.record.status
-        if status is S.ENQUEUED:
-            self.in_queue = False
-            self._move(S.DEQUEUED, "dequeued to be invalidated")
-        elif status is not S.DEQUEUED:
-            return  # retries and running attempts of an unregistered function finish
-        self.slot = None
-        self._move(S.INVALID, msg.reason)
-        self._finish()
 
-    def _on_request_stop(self, _: RequestStop) -> Any:
-        record = self.record
-        status = record.status
-        if status is S.STOPPED:
-            return record.copy()
-        if status in FINISHED:
-            self.defer_reply().fail(TaskFinishedError.of(record.task_id, record.status))
-            return None
-        if status is S.STOPPING:
-            self._keep_stop_reply()
-            return None
-        self._move(S.STOPPING, f"stop requested while {status}")
-        pool = self.entry.pool
-        assert pool is not None
-        if status is S.RUNNING:
-            assert self.slot is not None
-            self._keep_stop_reply()
-            pool.tell(RestartInstance(self.ref, self.slot))
-            return None
-        if self.retry_timer is not None:
-            self.retry_timer.cancel()
-            self.retry_timer = None
-        if self.in_queue or self.slot is not None:
-            pool.tell(Withdraw(self.ref))
-        self.slot = None
-        self._move(S.STOPPED, f"stopped before running (was {status})")
-        self._finish()
-        return record.copy()
-
-    def _keep_stop_reply(self) -> None:
-        if self.stop_replies is None:
-            self.stop_replies = []
-        self.stop_replies.append(self.defer_reply())
-
-    def _on_instance_replaced(self, msg: InstanceReplaced) -> None:
-        if self.record.status is S.STOPPING:
-            self.slot = None
-            self._move(S.STOPPED, msg.detail)
-            self._finish()
-
-
-def _outcome(msg: AttemptFinished) -> str:
-    """The ``outcome`` label of an attempt: succeeded, failed, timeout, or why it was cut."""
-    if msg.error is None:
-        return "succeeded"
-    if msg.interrupted is None:
-        return "failed"
-    return msg.interrupted  # timeout, stop, restart, close
-
-
-def _expired_detail(waited: float, entry: FunctionEntry) -> str:
-    max_age = entry.spec.config.max_event_age
-    return f"waited {waited:.3f} s in the queue, over max_event_age={max_age} s"
-
-
-_HANDLERS: dict[type, Callable[[TaskActor, Any], Any]] = {
-    Dispatch: TaskActor._on_dispatch,
-    StartAttempt: TaskActor._on_start_attempt,
-    StartFailed: TaskActor._on_start_failed,
-    AttemptFinished: TaskActor._on_attempt_finished,
-    RetryDue: TaskActor._on_retry_due,
-    Invalidate: TaskActor._on_invalidate,
-    RequestStop: TaskActor._on_request_stop,
-    InstanceReplaced: TaskActor._on_instance_replaced,
-    Recover: TaskActor._on_recover,
-}
+# The pool and the task actor call each other's methods: one of the two imports has to
+# come after the class it needs is defined.
+from .pool import InstancePoolActor  # noqa: E402

@@ -2,8 +2,9 @@
 
 Each slot has one long-lived worker coroutine that awaits handlers inline, one
 after another, so an attempt costs no asyncio task of its own. Stop and timeout
-cancel the worker's current await; the worker absorbs that cancellation, reports
-the attempt as interrupted and waits for the next one.
+cancel the worker's current await; the worker absorbs that cancellation (the
+task already heard that its attempt was interrupted), frees the slot and waits
+for the next attempt.
 """
 
 from __future__ import annotations
@@ -11,15 +12,8 @@ from __future__ import annotations
 import asyncio
 
 from .. import codec
-from ..errors import (
-    AttemptTimeoutError,
-    InstanceRestartedError,
-    NonRetryableError,
-    ResultEncodingError,
-)
+from ..errors import NonRetryableError, ResultEncodingError
 from ..hooks import error_info
-from ..messages import AttemptFinished, SlotFree
-from ..record import ErrorInfo
 from .base import Attempt, Instance, Slot
 
 _FAIRNESS = 64  # attempts a worker runs back to back before yielding to the loop
@@ -34,13 +28,10 @@ class AsyncInstance(Instance):
             worker.task = self.background.start(worker.run(), f"stint-slot-{self.instance_id}")
 
     def run(self, slot: Slot, attempt: Attempt) -> None:
-        slot.attempt = attempt
         self._workers[slot.index].push(attempt)
 
-    def interrupt(self, slot: Slot, reason: str) -> None:
-        if slot.attempt is not None:
-            slot.attempt.context.request_stop()
-            self._workers[slot.index].interrupt(slot.attempt, reason)
+    def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
+        self._workers[slot.index].cut(attempt)
 
     def destroy(self) -> None:
         for worker in getattr(self, "_workers", ()):
@@ -49,7 +40,7 @@ class AsyncInstance(Instance):
 
 class _SlotWorker:
     __slots__ = (
-        "cancel_reason",
+        "cancelling",
         "destroyed",
         "instance",
         "pending",
@@ -66,7 +57,8 @@ class _SlotWorker:
         self.running: Attempt | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.cancel_reason: str | None = None
+        # True while a cancellation of ours (for the running attempt) is on its way
+        self.cancelling = False
         # Set by destroy. Its cancel may merge with an attempt's interrupt into one
         # CancelledError, so the worker must not take that for the interrupt alone.
         self.destroyed = False
@@ -82,14 +74,13 @@ class _SlotWorker:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def interrupt(self, attempt: Attempt, reason: str) -> None:
-        if self.running is attempt and self.task is not None and self.cancel_reason is None:
-            self.cancel_reason = reason
+    def cut(self, attempt: Attempt) -> None:
+        if self.running is attempt and self.task is not None and not self.cancelling:
+            self.cancelling = True
             self.task.cancel()
-        elif self.pending is attempt:  # not started yet: report it without running it
+        elif self.pending is attempt:  # never started: nothing to cancel
             self.pending = None
-            self.cancel_reason = None
-            self._report(attempt, _interrupted(attempt, reason, self.instance))
+            self.instance.free(self.slot)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,8 +89,8 @@ class _SlotWorker:
         while not self.destroyed:
             attempt = self.pending
             if attempt is None and streak:
-                # Deliver what this attempt's report set off (the pool frees the slot
-                # and dispatches the next task to it) instead of suspending for it.
+                # Deliver what this attempt's report set off, if it had to queue (the
+                # pool frees the slot and hands it the next task) instead of suspending.
                 system.run_queued()
                 attempt = self.pending
             if attempt is None or streak >= _FAIRNESS:
@@ -118,84 +109,59 @@ class _SlotWorker:
                 continue
             self.pending = None
             self.running = attempt
-            outcome = await self._attempt(attempt)
+            await self._attempt(attempt)
             self.running = None
-            self._report(attempt, outcome)
+            if self.destroyed:
+                return
+            self.instance.free(self.slot)
             streak += 1
-
-    def _report(self, attempt: Attempt, outcome: AttemptFinished) -> None:
-        attempt.task.tell(outcome)
-        self.instance.pool.tell(SlotFree(self.slot))
 
     def _absorb_cancel(self) -> bool:
         """True if the cancellation was ours for one attempt (so the worker goes on)."""
-        if self.cancel_reason is None:
+        if not self.cancelling:
             return False
-        self.cancel_reason = None
+        self.cancelling = False
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
         return True
 
-    async def _attempt(self, attempt: Attempt) -> AttemptFinished:
+    async def _attempt(self, attempt: Attempt) -> None:
+        """Await the handler and report its outcome (unless it was cut short meanwhile)."""
         handler = self.instance.spec.handler
         assert callable(handler)  # kind "async" was registered with the function itself
         try:
             value = await handler(codec.decode(attempt.payload), attempt.context)
         except asyncio.CancelledError:
-            reason = self.cancel_reason
-            if not self._absorb_cancel() or reason is None:
+            if self.destroyed or not self._absorb_cancel():
                 raise
-            return _interrupted(attempt, reason, self.instance)
+            return  # interrupted: the task has its outcome already
         except NonRetryableError as exc:
-            return self._finished_by_error(attempt, exc, retryable=False)
+            self._failed(attempt, exc, retryable=False)
+            return
         except Exception as exc:
-            return self._finished_by_error(attempt, exc, retryable=True)
-        reason = self.cancel_reason
-        if reason is not None:  # the handler swallowed our cancellation
+            self._failed(attempt, exc, retryable=True)
+            return
+        if self.cancelling:  # the handler swallowed our cancellation
             self._absorb_cancel()
-            return _interrupted(attempt, reason, self.instance)
+            return
+        if attempt.done:
+            return
         try:
-            data = codec.encode(value)
+            attempt.result = codec.encode(value)
         except (TypeError, ValueError, OverflowError) as exc:
             error = ResultEncodingError(
                 f"the handler returned a value msgpack cannot encode ({exc}); return only None, "
                 "bool, int, float, str, bytes, list and dict values"
             )
-            return AttemptFinished(attempt.number, error=error_info(error))
-        return AttemptFinished(attempt.number, result=data)
+            attempt.error = error_info(error)
+        self.instance.report(attempt)
 
-    def _finished_by_error(
-        self, attempt: Attempt, exc: Exception, *, retryable: bool
-    ) -> AttemptFinished:
-        reason = self.cancel_reason
-        if reason is not None:  # cut short while failing: the interruption is what counts
+    def _failed(self, attempt: Attempt, exc: Exception, *, retryable: bool) -> None:
+        if self.cancelling:  # cut short while failing: the interruption is what counts
             self._absorb_cancel()
-            return _interrupted(attempt, reason, self.instance)
-        return AttemptFinished(attempt.number, error=error_info(exc), retryable=retryable)
-
-
-def _interrupted(attempt: Attempt, reason: str, instance: Instance) -> AttemptFinished:
-    return AttemptFinished(
-        attempt.number, error=interruption_error(reason, attempt, instance), interrupted=reason
-    )
-
-
-def interruption_error(reason: str, attempt: Attempt, instance: Instance) -> ErrorInfo:
-    """The error recorded for an attempt cut short by the runtime (shared by every kind)."""
-    exc: Exception
-    if reason == "timeout":
-        timeout = instance.spec.config.timeout
-        exc = AttemptTimeoutError(
-            f"attempt {attempt.number} ran past the function's timeout of {timeout} s; "
-            "make the handler faster or raise 'timeout'"
-        )
-    elif reason == "stop":
-        exc = InstanceRestartedError("the task was stopped while running")
-    else:
-        exc = InstanceRestartedError(
-            f"instance {instance.instance_id} was {'closed' if reason == 'close' else 'restarted'} "
-            f"({instance.stop_detail or reason}) while this attempt ran; it is retried by the "
-            "normal rules"
-        )
-    return ErrorInfo(type(exc).__name__, str(exc), "")
+            return
+        if not attempt.done:
+            attempt.error = error_info(exc)
+            attempt.retryable = retryable
+            self.instance.report(attempt)

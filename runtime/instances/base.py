@@ -9,27 +9,53 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..context import InstanceContext, TaskContext
+from ..errors import AttemptTimeoutError, InstanceRestartedError
 from ..hooks import call_hook, hook_timeout
-from ..messages import HookDone, InstanceStarted, SlotFree
+from ..messages import HookDone, InstanceStarted
+from ..record import ErrorInfo
 from ..states import InstanceState
 
 if TYPE_CHECKING:
     from actors import ActorRef
 
     from ..config import FunctionSpec
-    from ..record import ErrorInfo
     from ..registry import Services
 
 logger = logging.getLogger("stint")
 
 
 class Attempt:
-    """One run of a handler for one task, handed to an instance slot."""
+    """One run of a handler for one task, handed to an instance slot.
 
-    __slots__ = ("context", "deadline", "number", "payload", "task")
+    It also carries the attempt's outcome back: whoever ends it first — the kind
+    that ran the handler, or the pool cutting it short — fills in the outcome and
+    reports it to the task, exactly once (``done``).
+    """
 
-    def __init__(
-        self, task: ActorRef, number: int, payload: bytes, context: TaskContext, deadline: float
+    __slots__ = (
+        "context",
+        "deadline",
+        "done",
+        "error",
+        "interrupted",
+        "number",
+        "payload",
+        "result",
+        "retryable",
+        "slot",
+        "started",
+        "task",
+    )
+
+    def __init__(  # noqa: PLR0917 - made in one place, by the task actor
+        self,
+        task: ActorRef,
+        number: int,
+        payload: bytes,
+        context: TaskContext,
+        deadline: float,
+        slot: Slot,
+        started: float,
     ) -> None:
         self.task = task
         self.number = number
@@ -37,25 +63,38 @@ class Attempt:
         self.payload = payload
         self.context = context
         self.deadline = deadline  # monotonic, checked by the lifecycle sweep
+        self.slot = slot
+        self.started = started  # monotonic
+        self.done = False  # reported to the task (the outcome below is final)
+        self.result: bytes | None = None
+        self.error: ErrorInfo | None = None
+        self.retryable = True
+        self.interrupted: str | None = None  # "stop", "restart", "close", "timeout"
+
+    @property
+    def outcome(self) -> str:
+        """The ``outcome`` label of the attempt: succeeded, failed, or why it was cut short."""
+        if self.error is None:
+            return "succeeded"
+        return self.interrupted or "failed"
 
 
 class Slot:
     """Room for one task on an instance (an instance has ``concurrency`` of them)."""
 
-    __slots__ = ("attempt", "free", "index", "instance", "reserved_by")
+    __slots__ = ("attempt", "index", "instance", "reserved_by")
 
     def __init__(self, instance: Instance, index: int) -> None:
         self.instance = instance
         self.index = index
-        self.reserved_by: ActorRef | None = None  # the task that owns the slot
+        self.reserved_by: ActorRef | None = None  # the task the pool gave the slot to
         self.attempt: Attempt | None = None  # the attempt running in it
-        self.free = SlotFree(self)  # sent after every attempt: made once, not per task
 
     def __repr__(self) -> str:
         return f"<Slot {self.instance.instance_id}/{self.index}>"
 
 
-HookCallback = Callable[["ErrorInfo | None", float], None]
+HookCallback = Callable[[ErrorInfo | None, float], None]
 
 
 class InstanceEvent(NamedTuple):
@@ -111,8 +150,8 @@ class Instance:
         self.in_flight = 0
         self.tasks_served = 0
         self.created_at = clock.time()
-        self.last_used = clock.monotonic()
-        self.last_used_at = self.created_at
+        self.started_at = clock.monotonic()  # for the start-time histogram
+        self.last_used = self.started_at  # monotonic: when it last had nothing to do
         self.hook_running: str | None = None  # "pre_freeze" / "pre_stop" while one runs
         self.replace = False  # replace it with a fresh instance once it is gone (restart)
         self.abandoned = False  # destroyed while its code would not end
@@ -141,15 +180,42 @@ class Instance:
             self.state,
             self.in_flight,
             self.created_at,
-            self.last_used_at,
+            self.clock.time() - (self.clock.monotonic() - self.last_used),
             self.tasks_served,
             tuple(self.events),
             self.abandoned,
         )
 
-    def touch(self) -> None:
-        self.last_used = self.clock.monotonic()
-        self.last_used_at = self.clock.time()
+    # attempts: outcomes go to the task, freed slots to the pool -----------------
+
+    def report(self, attempt: Attempt) -> None:
+        """Give the task the attempt's outcome (already filled in), unless it has it already."""
+        if not attempt.done:
+            attempt.done = True
+            attempt.task.send(self.services.attempt_finished, attempt)
+
+    def report_interrupted(self, attempt: Attempt, reason: str) -> None:
+        if not attempt.done:
+            attempt.error = interruption_error(reason, attempt, self)
+            attempt.interrupted = reason
+            self.report(attempt)
+
+    def free(self, slot: Slot) -> None:
+        """The slot's attempt has really ended where it ran: the pool may reuse the slot."""
+        self.pool.send(self.services.slot_free, slot)
+
+    def interrupt(self, slot: Slot, reason: str) -> None:
+        """Cut the attempt in ``slot`` short (``reason``: stop, restart, timeout, close).
+
+        The task hears at once that the attempt was interrupted; the kind then ends
+        it where it runs (:meth:`cut`), and frees the slot once it really has.
+        """
+        attempt = slot.attempt
+        if attempt is None or attempt.done:
+            return
+        attempt.context.request_stop()
+        self.report_interrupted(attempt, reason)
+        self.cut(slot, attempt, reason)
 
     # the lifecycle, driven by the pool ------------------------------------------
 
@@ -232,12 +298,13 @@ class Instance:
         raise NotImplementedError
 
     def run(self, slot: Slot, attempt: Attempt) -> None:
-        """Start ``attempt`` in ``slot``; report ``AttemptFinished`` to the task and
-        ``SlotFree`` to the pool when it ends."""
+        """Start ``attempt`` in ``slot`` (``slot.attempt`` is set already); when it ends,
+        fill in its outcome, :meth:`report` it and :meth:`free` the slot."""
         raise NotImplementedError
 
-    def interrupt(self, slot: Slot, reason: str) -> None:
-        """Cut the attempt in ``slot`` short (``reason``: stop, restart, timeout, close)."""
+    def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
+        """End an attempt already reported as interrupted, where it runs; free the slot
+        once it has ended (or at once, if the kind cannot tell)."""
         raise NotImplementedError
 
     def frozen(self) -> None:
@@ -259,3 +326,23 @@ class Instance:
 
 
 _ACCEPTING = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.FROZEN})
+
+
+def interruption_error(reason: str, attempt: Attempt, instance: Instance) -> ErrorInfo:
+    """The error recorded for an attempt cut short by the runtime (shared by every kind)."""
+    exc: Exception
+    if reason == "timeout":
+        timeout = instance.spec.config.timeout
+        exc = AttemptTimeoutError(
+            f"attempt {attempt.number} ran past the function's timeout of {timeout} s; "
+            "make the handler faster or raise 'timeout'"
+        )
+    elif reason == "stop":
+        exc = InstanceRestartedError("the task was stopped while running")
+    else:
+        exc = InstanceRestartedError(
+            f"instance {instance.instance_id} was {'closed' if reason == 'close' else 'restarted'} "
+            f"({instance.stop_detail or reason}) while this attempt ran; it is retried by the "
+            "normal rules"
+        )
+    return ErrorInfo(type(exc).__name__, str(exc), "")

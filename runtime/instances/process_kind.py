@@ -25,10 +25,9 @@ from typing import Any
 from .. import frames
 from ..errors import InstanceStartError, StintError
 from ..hooks import error_info
-from ..messages import AttemptFinished, InstanceCrashed, InstanceStarted
+from ..messages import InstanceCrashed, InstanceStarted
 from ..record import ErrorInfo
 from ..states import InstanceState
-from .async_kind import interruption_error
 from .base import Attempt, HookCallback, Instance, Slot
 
 worker_log = logging.getLogger("stint.worker")
@@ -148,12 +147,10 @@ class ProcessInstance(Instance):
             if done is not None:
                 done(None if error is None else ErrorInfo(*error), float(seconds))
         elif kind == frames.RESULT:
-            self._finished(fields[0], AttemptFinished(0, result=bytes(fields[1])))
+            self._finished(fields[0], bytes(fields[1]), None, True)
         elif kind == frames.ERROR:
             attempt_id, error, retryable = fields
-            self._finished(
-                attempt_id, AttemptFinished(0, error=ErrorInfo(*error), retryable=bool(retryable))
-            )
+            self._finished(attempt_id, None, ErrorInfo(*error), bool(retryable))
         else:
             raise frames.ProtocolError(f"a worker does not send {kind!r} frames")
 
@@ -161,14 +158,19 @@ class ProcessInstance(Instance):
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(error)
 
-    def _finished(self, attempt_id: int, outcome: AttemptFinished) -> None:
+    def _finished(
+        self, attempt_id: int, result: bytes | None, error: ErrorInfo | None, retryable: bool
+    ) -> None:
         found = self._attempts.pop(attempt_id, None)
         if found is None:
             return  # interrupted and reported already
         slot, attempt = found
-        outcome.attempt = attempt.number
-        attempt.task.tell(outcome)
-        self.pool.tell(slot.free)
+        if not attempt.done:
+            attempt.result = result
+            attempt.error = error
+            attempt.retryable = retryable
+            self.report(attempt)
+        self.free(slot)
 
     def _lost(self, reason: str, protocol: bool) -> None:
         """The worker is gone (or unusable): fail what it ran, and tell the pool."""
@@ -181,7 +183,7 @@ class ProcessInstance(Instance):
         self._resolve_load(error_info(InstanceStartError(detail)))
         crash = ErrorInfo(InstanceCrashedError.__name__, detail, "")
         for attempt_id in list(self._attempts):
-            self._finished(attempt_id, AttemptFinished(0, error=crash, retryable=True))
+            self._finished(attempt_id, None, crash, True)
         for done in list(self._hooks.values()):
             done(crash, 0.0)
         self._hooks.clear()
@@ -198,7 +200,6 @@ class ProcessInstance(Instance):
         pass
 
     def run(self, slot: Slot, attempt: Attempt) -> None:
-        slot.attempt = attempt
         attempt_id = next(self._ids)
         self._attempts[attempt_id] = (slot, attempt)
         context = attempt.context
@@ -212,14 +213,12 @@ class ProcessInstance(Instance):
             context.deadline,
         )
 
-    def interrupt(self, slot: Slot, reason: str) -> None:
-        for attempt_id, (found, attempt) in list(self._attempts.items()):
+    def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
+        for attempt_id, (found, _) in list(self._attempts.items()):
             if found is slot:
                 del self._attempts[attempt_id]
                 self._send(frames.CANCEL, attempt_id)
-                error = interruption_error(reason, attempt, self)
-                attempt.task.tell(AttemptFinished(attempt.number, error=error, interrupted=reason))
-                self.pool.tell(slot.free)
+                self.free(slot)
 
     def frozen(self) -> None:
         self._signal(signal.SIGSTOP)

@@ -6,10 +6,11 @@ loop with ``loop.call_soon_threadsafe``; nothing here waits on a pykka future
 (whose ``__await__`` would block the loop).
 
 A thread cannot be killed. On stop or timeout the attempt's ``stop_requested``
-flag is set and the attempt is reported at once; PreStop is queued on the thread
-(it runs when the handler returns) and the instance is replaced. If the thread
-is still busy when ``pre_stop_timeout`` runs out, it is abandoned: counted, listed
-by ``rt.instances()`` until it ends, never waited for.
+flag is set and the attempt is reported at once, and the instance is replaced.
+A PreStop, if there is one, is queued on the thread (it runs when the handler
+returns) and waited for up to ``pre_stop_timeout``; without one there is nothing
+to wait for. A thread still busy after ``pre_stop_timeout`` is abandoned:
+counted, listed by ``rt.instances()`` until it ends, never waited for.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import pykka
 from .. import codec
 from ..errors import NonRetryableError, ResultEncodingError
 from ..hooks import error_info
-from ..messages import AttemptFinished, HookDone
-from ..record import ErrorInfo
-from .async_kind import interruption_error
+from ..messages import CodeReturned
+from ..states import InstanceState
 from .base import Attempt, HookCallback, Instance, Slot
 
 Outcome = tuple[bool, Any]  # (ok, value or exception)
@@ -91,24 +91,10 @@ class ThreadInstance(Instance):
         def back(outcome: Outcome, seconds: float) -> None:
             self._busy -= 1
             reply(outcome, seconds)
+            if not self._busy and self.state is InstanceState.STOPPED:
+                self.pool.tell(CodeReturned(self))  # it was retiring: now it has ended
 
         self._thread().tell((fn, args, back))
-
-    def _run_hook(self, name: str, hook: Any, timeout: float) -> None:
-        if hook is None and name == "pre_stop":
-            # Even without a PreStop, the instance goes only once its thread has finished
-            # what it runs (a handler told to stop), for at most pre_stop_timeout.
-            self.hook_running = name
-            self._execute_hook(
-                name,
-                _nothing,
-                timeout,
-                lambda error, _: self.pool.tell(
-                    HookDone(self, name, error and _still_busy(timeout), None)
-                ),
-            )
-            return
-        super()._run_hook(name, hook, timeout)
 
     def _execute_hook(self, name: str, hook: Any, timeout: float, done: HookCallback) -> None:
         finish = self._answer_once(name, timeout, done)
@@ -120,65 +106,41 @@ class ThreadInstance(Instance):
         self._on_thread(hook, (self.context,), back)
 
     def activate(self) -> None:
-        self._reported: set[Attempt] = set()
+        pass
 
     def run(self, slot: Slot, attempt: Attempt) -> None:
-        slot.attempt = attempt
         attempt.context.stop_event  # noqa: B018 - made here, on the loop, before the thread reads it
 
         def finished(outcome: Outcome, seconds: float) -> None:
-            if attempt in self._reported:
-                self._reported.discard(attempt)  # interrupted and reported already
-                return
-            self._report(slot, attempt, _finished(attempt, outcome))
+            if attempt.done:
+                return  # interrupted: reported, and its slot freed, already
+            _fill(attempt, outcome)
+            self.report(attempt)
+            self.free(slot)
 
         args = (self.spec.handler, attempt.payload, attempt.context)
         self._on_thread(_call_handler, args, finished)
 
-    def interrupt(self, slot: Slot, reason: str) -> None:
-        attempt = slot.attempt
-        if attempt is None or attempt in self._reported:
-            return
-        attempt.context.request_stop()
-        self._reported.add(attempt)
-        error = interruption_error(reason, attempt, self)
-        self._report(
-            slot, attempt, AttemptFinished(attempt.number, error=error, interrupted=reason)
-        )
-
-    def _report(self, slot: Slot, attempt: Attempt, outcome: AttemptFinished) -> None:
-        attempt.task.tell(outcome)
-        self.pool.tell(slot.free)
+    def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
+        # A thread cannot be interrupted: the flag is set, the slot is given up now, and
+        # the pool replaces the instance (its thread ends once the handler returns).
+        self.free(slot)
 
     def destroy(self) -> None:
         thread = getattr(self, "_ref", None)
         if thread is None:
             return
-        if self._busy:
-            self.abandoned = True  # its handler or hook is still running on the thread
         thread.stop(block=False)  # queued behind whatever runs: the thread ends after it
 
     def still_running(self) -> bool:
         thread = getattr(self, "_ref", None)
-        return thread is not None and bool(thread.is_alive())
+        return thread is not None and self._busy > 0
 
 
-def _still_busy(timeout: float) -> ErrorInfo:
-    return ErrorInfo(
-        "TimeoutError",
-        f"the instance's thread was still busy after pre_stop_timeout={timeout} s "
-        "(a handler that does not check context.stop_requested?)",
-        "",
-    )
-
-
-def _nothing(_: Any) -> None:
-    return None
-
-
-def _finished(attempt: Attempt, outcome: Outcome) -> AttemptFinished:
+def _fill(attempt: Attempt, outcome: Outcome) -> None:
     ok, value = outcome
     if ok:
-        return AttemptFinished(attempt.number, result=value)
-    retryable = not isinstance(value, NonRetryableError)
-    return AttemptFinished(attempt.number, error=error_info(value), retryable=retryable)
+        attempt.result = value
+    else:
+        attempt.error = error_info(value)
+        attempt.retryable = not isinstance(value, NonRetryableError)

@@ -19,6 +19,8 @@ class Store(Protocol):
     """
 
     url: str
+    #: True when accepted tasks survive the process (what close() tells users).
+    durable: bool
     #: False when the store keeps the live record object, so ``update`` has nothing to do.
     writes_updates: bool
 

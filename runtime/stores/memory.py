@@ -27,6 +27,7 @@ class MemoryStore:
     ago. Unfinished tasks are never dropped.
     """
 
+    durable = False
     writes_updates = False
 
     def __init__(

@@ -65,6 +65,7 @@ class _Batch:
 class SQLiteStore:
     """Task records in one SQLite file; see docs/stores.md for what survives what."""
 
+    durable = True
     writes_updates = True
 
     def __init__(

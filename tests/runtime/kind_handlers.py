@@ -153,3 +153,23 @@ def oversized_frame(event: Any, ctx: Any) -> None:
     if ctx.attempt == 1:
         os.write(int(os.environ["STINT_WORKER_FD"]), b"\xff\xff\xff\xff")
         time.sleep(5)
+
+
+# --- timing -------------------------------------------------------------------------------
+
+
+def sleep_ms(event: Any, ctx: Any) -> None:
+    time.sleep(event / 1000)
+
+
+async def sleep_ms_async(event: Any, ctx: Any) -> None:
+    await asyncio.sleep(event / 1000)
+
+
+def stubborn(event: Any, ctx: Any) -> str:
+    """Runs for ``event`` seconds (or until released), never checking its stop flag."""
+    log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
+    deadline = time.monotonic() + float(event or 0.5)
+    while time.monotonic() < deadline and not _released():
+        time.sleep(0.005)
+    return "late"

@@ -339,14 +339,28 @@ async def test_a_thread_ignoring_its_stop_flag_is_abandoned(make_runtime: Runtim
     rt.register("ok", kh.echo, kind="thread")
     task_id = await rt.invoke("fn")
     await until_status(rt, task_id, S.RUNNING, timeout=20)
-    assert (await rt.stop(task_id)).status is S.STOPPED  # within pre_stop_timeout, not 0.5 s
-    infos = await rt.instances("fn")
-    assert [i.instance_id for i in infos if i.abandoned] == ["fn-1"]
+    assert (await rt.stop(task_id)).status is S.STOPPED  # at once: no PreStop to wait for
+    async with asyncio.timeout(10):  # abandoned once it overruns pre_stop_timeout
+        while not [i.instance_id for i in await rt.instances("fn") if i.abandoned]:
+            await asyncio.sleep(0.005)
+    assert [i.instance_id for i in await rt.instances("fn") if i.abandoned] == ["fn-1"]
     assert 'reason="abandoned"} 1.0' in await rt.metrics_text()
     assert (await rt.wait(await rt.invoke("ok", 5), timeout=20)).status is S.SUCCEEDED
     async with asyncio.timeout(10):  # once the thread ends, it is no longer listed
         while any(i.abandoned for i in await rt.instances("fn")):
             await asyncio.sleep(0.01)
+
+
+async def test_a_thread_stopped_with_a_pre_stop_is_abandoned_when_it_overruns(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = await make(make_runtime)
+    rt.register("fn", stubborn, kind="thread", pre_stop=kh.pre_stop, pre_stop_timeout=0.05)
+    task_id = await rt.invoke("fn")
+    await until_status(rt, task_id, S.RUNNING, timeout=20)
+    record = await rt.stop(task_id)  # PreStop waits behind the handler: bounded by its timeout
+    assert record.status is S.STOPPED and "PreStop did not finish" in record.events[-1].detail
+    assert [i.instance_id for i in await rt.instances("fn") if i.abandoned] == ["fn-1"]
 
 
 def test_thread_kind_rules() -> None:
