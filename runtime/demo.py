@@ -43,7 +43,7 @@ TERMINAL_ORDER = [
 ]
 #: How long a "stale" task may wait in the queue; the held one keeps the rest past it.
 STALE_AGE = 0.2
-ON_PURPOSE = "* fails, is stopped or expires on purpose, to show that path"
+ON_PURPOSE = "* goes wrong on purpose (fails, is stopped, expires or cannot start)"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Demo:
 def build_runtime(
     seed: int, on_running: Callable[[str], None], release_stale: asyncio.Event
 ) -> Runtime:
-    rt = Runtime(seed=seed)  # the seed also fixes the retry jitter
+    rt = Runtime(seed=seed)  # seeds the retry jitter too: timings only, never outcomes
 
     async def greet(event: Any, ctx: TaskContext) -> str:
         await asyncio.sleep(0)
