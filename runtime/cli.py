@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the embedded example and report every state")
     demo.add_argument("--tasks", type=_positive, default=3000, help="roughly how many tasks (3000)")
-    demo.add_argument("--seed", type=int, default=7, help="seed for the flaky function (7)")
+    demo.add_argument(
+        "--seed", type=int, default=7, help="the same seed gives the same outcomes (7)"
+    )
     demo.add_argument(
         "--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop (auto)"
     )
