@@ -115,7 +115,7 @@ class ActorRef:
         self._alive = True
         self._stop_requested = False
         self._parent = parent
-        self._children: dict[int, ActorRef] | None = None
+        self._children: dict[ActorRef, None] | None = None  # ordered, keyed by identity
         self._window: RestartWindow | None = None
         self._deferred: set[Reply] | None = None
         self._queued = 0  # messages for it waiting in the run queue
@@ -195,15 +195,6 @@ class ActorRef:
             self._system._stop_soon(self)
 
     # kernel internals -------------------------------------------------------
-
-    def _adopt(self, child: ActorRef) -> None:
-        if self._children is None:
-            self._children = {}
-        self._children[id(child)] = child
-
-    def _disown(self, child: ActorRef) -> None:
-        if self._children is not None:
-            self._children.pop(id(child), None)
 
     def _defer(self, reply: Reply) -> Reply:
         if reply is NO_REPLY:

@@ -67,7 +67,7 @@ class ActorSystem:
         self._stops: deque[ActorRef] = deque()
         self._scheduled = False
         self._closed = False
-        self._roots: dict[int, ActorRef] = {}
+        self._roots: dict[ActorRef, None] = {}  # ordered, keyed by identity
         self._live = 0
         self._names = itertools.count(1)
         self._reply: Reply = NO_REPLY
@@ -98,9 +98,12 @@ class ActorSystem:
         ref = ActorRef(self, factory, args, name or f"actor-{next(self._names)}", parent)
         self._start(ref)
         if parent is None:
-            self._roots[id(ref)] = ref
+            self._roots[ref] = None
         else:
-            parent._adopt(ref)
+            children = parent._children
+            if children is None:
+                children = parent._children = {}
+            children[ref] = None
         self._live += 1
         return ref
 
@@ -109,7 +112,7 @@ class ActorSystem:
         if self._closed:
             return
         self._closed = True
-        for ref in list(self._roots.values()):
+        for ref in list(self._roots):
             self._terminate(ref)
         self.scheduler.close()
         while self._queue:
@@ -239,26 +242,30 @@ class ActorSystem:
         if not ref._alive:
             return
         ref._alive = False
-        self._stop_children(ref)
+        if ref._children:
+            self._stop_children(ref)
         actor = ref._actor
         if actor is not None:
             try:
                 actor.on_stop()
             except Exception:
                 logger.exception("on_stop of %s raised", ref.name)
-        ref._fail_deferred()
+        if ref._deferred:
+            ref._fail_deferred()
         parent = ref._parent
         if parent is None:
-            self._roots.pop(id(ref), None)
+            self._roots.pop(ref, None)
         else:
-            parent._disown(ref)
+            children = parent._children
+            if children is not None:
+                children.pop(ref, None)
             ref._parent = None
         ref._actor = None  # break the ref <-> actor cycle at once
         self._live -= 1
 
     def _stop_children(self, ref: ActorRef) -> None:
         if ref._children:
-            for child in list(ref._children.values()):
+            for child in list(ref._children):
                 self._terminate(child)
 
     def _supervise(self, ref: ActorRef, exc: BaseException, message: Any) -> None:

@@ -52,6 +52,7 @@ BUSY = InstanceState.BUSY
 FROZEN = InstanceState.FROZEN
 STOPPING = InstanceState.STOPPING
 STOPPED = InstanceState.STOPPED
+_ACCEPTING = frozenset({READY, BUSY, FROZEN})
 _MAX_START_BACKOFF = 30.0
 
 QueueEntry = tuple[ActorRef, float | None]  # (task, monotonic enqueue time; None: no expiry)
@@ -147,7 +148,12 @@ class InstancePoolActor(Actor):
         idle = self.idle
         while idle:
             slot = idle.pop()
-            if slot.reserved_by is None and slot.instance.accepting:
+            instance = slot.instance  # Instance.accepting, inlined: this runs once per task
+            if (
+                slot.reserved_by is None
+                and instance.hook_running is None
+                and instance.state in _ACCEPTING
+            ):
                 return slot
         if not self.starting_free and self._can_start():
             self._start_instance()
@@ -194,11 +200,38 @@ class InstancePoolActor(Actor):
         if self.instances.get(instance.instance_id) is not instance:
             return  # destroyed meanwhile: its reservations were settled then
         instance.tasks_served += 1
+        if self.queue and not self.draining and instance.state is BUSY and self._hand_on(slot):
+            return
         self._release(slot)
         if self.queue:
             self._dispatch()
         if self.draining:
             self._check_drained()
+
+    def _hand_on(self, slot: Slot) -> bool:
+        """Give a freed slot of a busy instance straight to the next task in the queue.
+
+        The instance stays Busy and keeps its in-flight count: no trip through the idle
+        stack. False when the queue held nothing runnable (the slot is still reserved).
+        """
+        queue = self.queue
+        max_age = self.config.max_event_age
+        reserved = self.reserved
+        while queue:
+            task, enqueued_at = queue.popleft()
+            if not task.is_alive:
+                continue
+            if max_age is not None and enqueued_at is not None:
+                waited = self.clock.monotonic() - enqueued_at
+                if waited > max_age:
+                    task.send(TaskActor.expired, waited)
+                    continue
+            reserved.pop(slot.reserved_by, None)  # type: ignore[arg-type]
+            slot.reserved_by = task
+            reserved[task] = slot
+            task.send(TaskActor.dispatched, slot, True)
+            return True
+        return False
 
     def withdraw(self, task: ActorRef) -> None:
         """A task stopped before it ran: free the slot reserved for it, if any.
