@@ -78,6 +78,7 @@ class Runtime:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
         if not tick_interval > 0 or not close_timeout >= 0:
             raise ConfigError("tick_interval must be > 0 seconds and close_timeout >= 0 seconds")
+        _check_metrics_address(metrics_host, metrics_port)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.tick_interval = tick_interval
@@ -139,13 +140,29 @@ class Runtime:
         return self._system
 
     async def start(self) -> None:
-        """Open the store and start the supervisor and one pool per registered function."""
+        """Open the store, serve metrics (with ``metrics_port``), and start the supervisor
+        and one pool per registered function.
+
+        If anything fails once the store is open, everything started so far is closed
+        again (the store too) before the error propagates: the runtime is then closed.
+        """
         if self._state != "new":
             raise RuntimeClosedError(
                 f"this runtime is {self._state}; create a new Runtime to start again"
             )
+        recovered = await self._store.open()  # a store that fails to open holds nothing
+        try:
+            await self._start_opened(recovered)
+        except BaseException:
+            await self._undo_start()
+            raise
+
+    async def _start_opened(self, recovered: builtins.list[TaskRecord]) -> None:
+        self._collector.bind(asyncio.get_running_loop())
+        host, port = self._metrics_address
+        if port is not None:  # first: a busy port fails before any actor or instance runs
+            self._metrics_server = await MetricsServer.start(self.metrics_registry, host, port)
         self._system = ActorSystem(clock=self.clock)
-        recovered = await self._store.open()
         self._services = Services(
             self._system,
             self.clock,
@@ -162,10 +179,17 @@ class Runtime:
         for entry in self._functions.values():
             self._start_pool(entry)
         self._recover(recovered)
-        host, port = self._metrics_address
-        if port is not None:
-            await self.serve_metrics(host=host, port=port)
         self._system.scheduler.call_later(1.0, self._maintain)
+
+    async def _undo_start(self) -> None:
+        """``start`` failed after the store opened: close whatever it started, store
+        included, so the runtime holds nothing (a failure here is logged, not raised,
+        so that the error of ``start`` is the one the caller sees)."""
+        try:
+            await self._shut_down()
+        except Exception:
+            logger.exception("cleaning up after a failed start() failed too")
+        self._state = "closed"
 
     def _recover(self, records: builtins.list[TaskRecord]) -> None:
         """Adopt the unfinished tasks a durable store found (each task actor applies the rules).
@@ -202,6 +226,10 @@ class Runtime:
         if self._state == "new":
             self._state = "closed"
             return
+        await self._shut_down()
+
+    async def _shut_down(self) -> None:
+        """What ``close`` does to a runtime that started (or began to)."""
         self._state = "closing"
         pools = [pool for pool in self._pools if pool.is_alive]
         if not await self._ask_all(pools, Drain, self.close_timeout):
@@ -216,8 +244,8 @@ class Runtime:
         self.close_cancelled = await self._background.wait(timeout=3.0)
         if self.close_cancelled:
             logger.warning("close() cancelled %d background task(s)", self.close_cancelled)
-        assert self._system is not None
-        self._system.close()
+        if self._system is not None:
+            self._system.close()
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -229,11 +257,13 @@ class Runtime:
         for _, joiner in self._join_waiters:
             if not joiner.done():
                 joiner.set_exception(RuntimeClosedError("the runtime closed before it was idle"))
-        await self._store.close()
-        if self._metrics_server is not None:
-            await self._metrics_server.close()
-            self._metrics_server = None
-        self._state = "closed"
+        try:
+            await self._store.close()
+        finally:  # the server's thread must not outlive the runtime, whatever the store did
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
+                self._metrics_server = None
+            self._state = "closed"
 
     async def _ask_all(self, pools: list[ActorRef], message: type[Any], timeout: float) -> bool:
         asks = [pool.ask(message()) for pool in pools if pool.is_alive]
@@ -538,3 +568,18 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _check_metrics_address(host: object, port: object) -> None:
+    """Refuse a metrics address ``start`` could never bind, before anything is opened."""
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
+    ):
+        raise ConfigError(
+            f"metrics_port={port!r} must be an integer from 0 to 65535 (0 picks a free port), "
+            "or None not to serve metrics"
+        )
+    if not isinstance(host, str) or not host:
+        raise ConfigError(
+            f"metrics_host={host!r} must be a host name or address such as '127.0.0.1'"
+        )

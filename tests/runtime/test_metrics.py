@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import socket
+import threading
 import urllib.request
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import ConfigError, Runtime, TaskState
-from tests.conftest import RuntimeFactory
+from runtime import ConfigError, Runtime, RuntimeClosedError, TaskState
+from tests.conftest import RuntimeFactory, eventually
 
 from .helpers import Gate, until_status
 
@@ -23,6 +26,14 @@ def scrape(host: str, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]]
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+async def echo(event: Any, ctx: Any) -> Any:
+    return event
+
+
+def echo_thread(event: Any, ctx: Any) -> Any:
+    return event
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -127,3 +138,74 @@ async def test_metrics_port_option_serves_on_loopback_and_close_stops_it() -> No
             await rt.serve_metrics(port=0)
     with pytest.raises(OSError):
         await asyncio.to_thread(scrape, host, port)
+
+
+# --- metrics_port: checked early, and a failed start leaves nothing behind -----------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"metrics_port": -1},
+        {"metrics_port": 65536},
+        {"metrics_port": "9464"},
+        {"metrics_port": True},
+        {"metrics_port": 9464.0},
+        {"metrics_host": ""},
+        {"metrics_host": None},
+        {"metrics_host": 127},
+    ],
+)
+def test_runtime_refuses_a_bad_metrics_address(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="metrics_"):
+        Runtime(**options)
+
+
+def sqlite_url(tmp_path: pathlib.Path) -> str:
+    return f"sqlite:///{tmp_path / 'tasks.db'}"
+
+
+async def assert_nothing_left(rt: Runtime, url: str, threads: set[threading.Thread]) -> None:
+    """The runtime is closed, holds no thread, task or actor, and its store is unlocked."""
+    assert not rt.started
+    with pytest.raises(RuntimeClosedError):
+        await rt.invoke("fn")
+    await eventually(lambda: set(threading.enumerate()) <= threads)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    system = rt.actor_system
+    assert system is None or system.live_actors == 0
+    async with Runtime(url) as second:  # the SQLite file is no longer locked
+        second.register("fn", echo)
+        await second.wait(await second.invoke("fn", 1), timeout=5)
+
+
+async def test_start_on_a_busy_metrics_port_leaves_nothing_running(
+    tmp_path: pathlib.Path,
+) -> None:
+    url = sqlite_url(tmp_path)
+    threads = set(threading.enumerate())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rt = Runtime(url, metrics_port=busy.getsockname()[1])
+        rt.register("fn", echo_thread, kind="thread", min_instances=1)
+        with pytest.raises(ConfigError, match="cannot serve metrics"):
+            await rt.start()
+    await assert_nothing_left(rt, url, threads)
+
+
+async def test_a_failure_late_in_start_closes_everything_started(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = sqlite_url(tmp_path)
+    threads = set(threading.enumerate())
+    rt = Runtime(url)
+    rt.register("fn", echo_thread, kind="thread", min_instances=1)  # a thread starts with the pool
+
+    def fail(records: Any) -> None:
+        raise RuntimeError("recovery broke")
+
+    monkeypatch.setattr(rt, "_recover", fail)
+    with pytest.raises(RuntimeError, match="recovery broke"):
+        await rt.start()
+    await assert_nothing_left(rt, url, threads)
