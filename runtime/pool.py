@@ -212,6 +212,7 @@ class InstancePoolActor(Actor):
             return
         instance.activate()
         instance.state = IS.READY
+        self.metrics.instance_start.observe(self.clock.monotonic() - instance.created_monotonic)
         instance.note("ready")
         self.start_failures = 0
         if self.shutting_down:

@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from .errors import (
     FunctionNotFoundError,
     QueueFullError,
     RuntimeClosedError,
+    StintError,
     TaskFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
@@ -39,7 +41,12 @@ from .messages import (
     Shutdown,
     Submit,
 )
-from .metrics import FunctionMetrics, StintCollector
+from .metrics import (
+    UNKNOWN_REJECT_REASONS,
+    FunctionMetrics,
+    StintCollector,
+    rejection_reason,
+)
 from .metrics_server import MetricsServer
 from .pool import InstancePoolActor
 from .record import TaskRecord
@@ -100,11 +107,14 @@ class Runtime:
         #: How many background tasks (hooks, workers) close() had to cancel.
         self.close_cancelled = 0
         self._metrics: dict[str, FunctionMetrics] = {}  # outlives unregister: counters only grow
+        # invokes refused for a name never registered, by reason
+        self._unknown_rejected: Counter[str] = Counter(dict.fromkeys(UNKNOWN_REJECT_REASONS, 0))
         self._collector = StintCollector(
             lambda: self._metrics,
             lambda: {name: e.queued for name, e in self._functions.items()},
             lambda: self._system,
             _version(),
+            self._unknown_rejected,
         )
         #: This runtime's own registry: two runtimes in one process never collide.
         self.metrics_registry = CollectorRegistry(auto_describe=True)
@@ -366,26 +376,36 @@ class Runtime:
     # tasks ------------------------------------------------------------------------------
 
     async def invoke(self, name: str, payload: Any = None, *, task_id: str | None = None) -> str:
-        """Accept a task for ``name``; returns its id once it is stored as Enqueued."""
-        if self._state != "started":
-            raise self._closed_error()
-        entry = self._functions.get(name)
-        if entry is None:
-            raise FunctionNotFoundError(self._not_found(name))
-        data = codec.encode_payload(payload, self.max_payload_bytes)
-        task_id = self._new_id() if task_id is None else check_task_id(task_id)
-        config = entry.spec.config
-        if entry.queued >= config.max_queued:
-            raise QueueFullError(
-                f"function {name!r} already has {entry.queued} tasks waiting (max_queued="
-                f"{config.max_queued}); retry later, add capacity (max_instances, concurrency) "
-                "or raise max_queued"
-            )
+        """Accept a task for ``name``; returns its id once it is stored as Enqueued.
+
+        Raises (and counts in ``stint_invokes_rejected_total``) :class:`RuntimeClosedError`,
+        :class:`FunctionNotFoundError`, :class:`PayloadError`, :class:`InvalidTaskIdError`,
+        :class:`QueueFullError`, :class:`TaskExistsError` or :class:`StoreError`; nothing
+        is stored then.
+        """
         clock = self.clock
-        record = TaskRecord(task_id, name, data, clock.time())
-        pending = self._store.add(record)
-        if pending is not None:
-            await pending
+        try:  # zero-cost while nothing raises: only a rejected invoke pays for its count
+            if self._state != "started":
+                raise self._closed_error()
+            entry = self._functions.get(name)
+            if entry is None:
+                raise FunctionNotFoundError(self._not_found(name))
+            data = codec.encode_payload(payload, self.max_payload_bytes)
+            task_id = self._new_id() if task_id is None else check_task_id(task_id)
+            config = entry.spec.config
+            if entry.queued >= config.max_queued:
+                raise QueueFullError(
+                    f"function {name!r} already has {entry.queued} tasks waiting (max_queued="
+                    f"{config.max_queued}); retry later, add capacity (max_instances, "
+                    "concurrency) or raise max_queued"
+                )
+            record = TaskRecord(task_id, name, data, clock.time())
+            pending = self._store.add(record)
+            if pending is not None:
+                await pending
+        except StintError as error:
+            self._count_rejected(name, error)
+            raise
         assert self._system is not None and self._services is not None and entry.pool is not None
         ref = self._system.spawn(
             TaskActor, record, entry, self._services, name=task_id, parent=self._supervisor
@@ -403,6 +423,16 @@ class Runtime:
             # memory flat); the task is already accepted and stored.
             await asyncio.sleep(0)
         return task_id
+
+    def _count_rejected(self, name: object, error: StintError) -> None:
+        """Count a refused invoke under its function, or under ``function=""`` for a name
+        never registered (callers choose names: theirs would make the series unbounded)."""
+        reason = rejection_reason(error)
+        if reason is None:
+            return
+        metrics = self._metrics.get(name) if isinstance(name, str) else None
+        counts = metrics.rejected if metrics is not None else self._unknown_rejected
+        counts[reason] += 1
 
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
         self._live.pop(record.task_id, None)

@@ -111,6 +111,7 @@ class Instance:
         self.in_flight = 0
         self.tasks_served = 0
         self.created_at = clock.time()
+        self.created_monotonic = clock.monotonic()  # for stint_instance_start_seconds
         self.last_used = clock.monotonic()
         self.last_used_at = self.created_at
         self.hook_running: str | None = None  # "pre_freeze" / "pre_stop" while one runs
