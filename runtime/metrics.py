@@ -3,19 +3,21 @@
 Actors bump attributes of a :class:`FunctionMetrics` (no lock, no ``labels()``
 lookup, no metric object per transition); :class:`StintCollector` turns them
 into metric families when Prometheus scrapes. A scrape from another thread (the
-HTTP server's) hops onto the event loop to read, so it never sees a half-done
-update.
+HTTP server's) hops onto the event loop only to copy the numbers, so it never sees
+a half-done update, and builds the families in its own thread: the loop pays for
+a copy, not for the thousands of samples a scrape formats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -54,6 +56,7 @@ BUCKETS = (
     0.043, 0.085, 0.16, 0.32, 0.58, 1.15, 2.3, 3.5, 5.8, 11.5, 17.0, 23.0, 35.0, 52.0, 70.0,
     105.0, 140.0, 210.0, 350.0, 700.0,
 )  # fmt: skip
+_LE = (*map(repr, BUCKETS), "+Inf")  # the ``le`` label of each bucket
 NON_TERMINAL = [s for s in TaskState if s not in TERMINAL]
 #: The values of each bounded label, all exposed (at 0) from registration on, so the
 #: first event of a series is an increase that ``rate()`` and ``increase()`` see.
@@ -91,13 +94,14 @@ class Histogram:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1
         self.sum += value
 
+    def copy(self) -> Histogram:
+        twin = Histogram.__new__(Histogram)
+        twin.counts = self.counts.copy()
+        twin.sum = self.sum
+        return twin
+
     def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
-            total += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
-        return out
+        return list(zip(_LE, itertools.accumulate(self.counts), strict=True))
 
 
 class FunctionMetrics:
@@ -115,6 +119,7 @@ class FunctionMetrics:
         "hooks",
         "instance_start",
         "instance_starts",
+        "instance_states",
         "instance_stops",
         "instances",
         "kind",
@@ -141,6 +146,29 @@ class FunctionMetrics:
         self.hook_failures: Counter[str] = Counter(dict.fromkeys(HOOKS, 0))
         self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS.values(), 0))
         self.instances: dict[str, Instance] = {}  # the pool's own dict, read at scrape time
+        self.instance_states: Counter[InstanceState] = Counter()  # filled in copies only
+
+    def copy(self) -> FunctionMetrics:
+        """A detached copy for a scrape: every number as it is now, and the pool's
+        instances reduced to a count by state (cheap enough to take on the loop)."""
+        twin = FunctionMetrics.__new__(FunctionMetrics)  # every slot is set below
+        twin.kind = self.kind
+        twin.submitted = self.submitted
+        twin.retries = self.retries
+        twin.entered = self.entered.copy()
+        twin.exited = self.exited.copy()
+        twin.attempts = {outcome: h.copy() for outcome, h in self.attempts.items()}
+        twin.queue_wait = self.queue_wait.copy()
+        twin.instance_starts = self.instance_starts
+        twin.instance_start = self.instance_start.copy()
+        twin.protocol_errors = self.protocol_errors
+        twin.instance_stops = self.instance_stops.copy()
+        twin.hooks = {hook: h.copy() for hook, h in self.hooks.items()}
+        twin.hook_failures = self.hook_failures.copy()
+        twin.rejected = self.rejected.copy()
+        twin.instances = {}
+        twin.instance_states = Counter(instance.state for instance in self.instances.values())
+        return twin
 
     def attempt(self, outcome: str, seconds: float) -> None:
         histogram = self.attempts.get(outcome)
@@ -163,6 +191,16 @@ def rejection_reason(error: StintError) -> str | None:
         if isinstance(error, error_type):
             return reason
     return None
+
+
+class Reading(NamedTuple):
+    """One runtime's numbers, copied on the loop in one go; families are built from it."""
+
+    functions: dict[str, FunctionMetrics]
+    queued: dict[str, int]
+    unknown_rejected: Counter[str]
+    dead_letters: int
+    actor_failures: int
 
 
 class StintCollector(Collector):
@@ -191,30 +229,40 @@ class StintCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         loop = self.loop
         if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
-            return iter(self._families())
-        # The HTTP server's thread: read on the loop, where every update happens.
-        done = asyncio.run_coroutine_threadsafe(self._on_loop(), loop)
-        return iter(done.result(timeout=SCRAPE_TIMEOUT))
+            return iter(self._families(self._read()))
+        # The HTTP server's thread: copy the numbers on the loop, where every update
+        # happens (so no half-done one is seen), and build the families here, off it.
+        reading = asyncio.run_coroutine_threadsafe(self._read_on_loop(), loop)
+        return iter(self._families(reading.result(timeout=SCRAPE_TIMEOUT)))
 
-    async def _on_loop(self) -> list[Metric]:
-        return self._families()
+    async def _read_on_loop(self) -> Reading:
+        return self._read()
 
-    def _families(self) -> list[Metric]:
-        functions = self._functions()
+    def _read(self) -> Reading:
+        system = self._system()
+        return Reading(
+            {name: m.copy() for name, m in self._functions().items()},
+            dict(self._queued()),
+            self._unknown_rejected.copy(),
+            system.dead_letters if system else 0,
+            system.failure_count if system else 0,
+        )
+
+    def _families(self, reading: Reading) -> list[Metric]:
+        functions = reading.functions
         out: list[Metric] = [self._build_info()]
-        out += _task_families(functions, self._queued())
+        out += _task_families(functions, reading.queued)
         out += _instance_families(functions)
         out += _hook_families(functions)
-        out.append(_rejected_family(functions, self._unknown_rejected))
-        system = self._system()
+        out.append(_rejected_family(functions, reading.unknown_rejected))
         dead = CounterMetricFamily(
             "stint_actor_dead_letters", "Messages that reached a stopped actor."
         )
-        dead.add_metric([], system.dead_letters if system else 0)
+        dead.add_metric([], reading.dead_letters)
         failures = CounterMetricFamily(
             "stint_actor_failures", "Exceptions raised by runtime actors (each one is a stint bug)."
         )
-        failures.add_metric([], system.failure_count if system else 0)
+        failures.add_metric([], reading.actor_failures)
         return [*out, dead, failures]
 
     def _build_info(self) -> Metric:
@@ -293,10 +341,9 @@ def _instance_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
     for name, m in functions.items():
         if m.kind == "process":
             protocol.add_metric([name], m.protocol_errors)
-        by_state = Counter(instance.state for instance in m.instances.values())
         for state in InstanceState:
             if state is not InstanceState.STOPPED:
-                instances.add_metric([name, m.kind, state.value], by_state[state])
+                instances.add_metric([name, m.kind, state.value], m.instance_states[state])
         starts.add_metric([name, m.kind], m.instance_starts)
         start = m.instance_start
         start_time.add_metric([name, m.kind], start.cumulative(), start.sum)

@@ -31,7 +31,7 @@ from runtime import (
     TaskExistsError,
     TaskState,
 )
-from runtime.metrics import BUCKETS, Histogram
+from runtime.metrics import BUCKETS, FunctionMetrics, Histogram
 from tests.conftest import RuntimeFactory, eventually
 
 from . import kind_handlers as kh
@@ -462,3 +462,36 @@ async def test_a_failure_late_in_start_closes_everything_started(
     with pytest.raises(RuntimeError, match="recovery broke"):
         await rt.start()
     await assert_nothing_left(rt, url, threads)
+
+
+async def test_a_scrape_copies_on_the_loop_and_formats_off_it(
+    make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop pays for a copy of the numbers, not for building thousands of samples."""
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    collector = rt._collector
+    built_on: list[int] = []
+    build = collector._families
+
+    def families(reading: Any) -> Any:
+        built_on.append(threading.get_ident())
+        return build(reading)
+
+    monkeypatch.setattr(collector, "_families", families)
+    host, port = await rt.serve_metrics(port=0)
+    samples = await asyncio.to_thread(scrape, host, port)
+    assert value(samples, "stint_tasks_submitted_total", function="fn") == 0
+    assert built_on and threading.get_ident() not in built_on
+
+
+def test_a_metrics_copy_is_detached() -> None:
+    live = FunctionMetrics("async")
+    live.attempt("failed", 1.0)
+    copy = live.copy()
+    live.attempt("failed", 1.0)
+    live.rejected["payload"] += 1
+    live.entered[TaskState.RUNNING] += 1
+    assert copy.attempts["failed"].counts != live.attempts["failed"].counts
+    assert copy.attempts["failed"].sum == 1.0
+    assert copy.rejected["payload"] == 0 and copy.entered[TaskState.RUNNING] == 0
