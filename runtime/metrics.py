@@ -3,29 +3,40 @@
 Actors bump attributes of a :class:`FunctionMetrics` (no lock, no ``labels()``
 lookup, no metric object per transition); :class:`StintCollector` turns them
 into metric families when Prometheus scrapes. A scrape from another thread (the
-HTTP server's) hops onto the event loop to read, so it never sees a half-done
-update.
+HTTP server's) hops onto the event loop only to copy the numbers, so it never sees
+a half-done update, and builds the families in its own thread: the loop pays for
+a copy, not for the thousands of samples a scrape formats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
-    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
+from .errors import (
+    FunctionNotFoundError,
+    InvalidTaskIdError,
+    PayloadError,
+    QueueFullError,
+    RuntimeClosedError,
+    StintError,
+    StoreError,
+    TaskExistsError,
+)
 from .states import TERMINAL, InstanceState, TaskState
 
 if TYPE_CHECKING:
@@ -33,12 +44,40 @@ if TYPE_CHECKING:
 
     from .instances.base import Instance
 
-#: Latency buckets (seconds) shared by every histogram: 50 µs to 5 min.
+#: Histogram bucket edges (seconds), shared by every histogram: 42 µs to 700 s.
+#: Above 0.5 s each edge sits 13-17 % above a common timeout (1, 2, 3, 5, 10, 15, 20,
+#: 30, 45, 60, 90, 120, 180, 300, 600 s), never on it: an attempt cut at its timeout
+#: is observed at the timeout plus up to one tick, and lands in the bucket that ends
+#: just above it, so quantiles read at most ~1.2x the timeout instead of the 2x of a
+#: bucket that starts there. Below that, edges roughly double (leaving room for the
+#: 50 ms tick above 0.1 and 0.25 s). docs/metrics.md explains the choice.
 BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.000042, 0.000083, 0.00017, 0.00033, 0.00066, 0.0013, 0.0027, 0.0053, 0.011, 0.021,
+    0.043, 0.085, 0.16, 0.32, 0.58, 1.15, 2.3, 3.5, 5.8, 11.5, 17.0, 23.0, 35.0, 52.0, 70.0,
+    105.0, 140.0, 210.0, 350.0, 700.0,
 )  # fmt: skip
+_LE = (*map(repr, BUCKETS), "+Inf")  # the ``le`` label of each bucket
 NON_TERMINAL = [s for s in TaskState if s not in TERMINAL]
+#: The values of each bounded label, all exposed (at 0) from registration on, so the
+#: first event of a series is an increase that ``rate()`` and ``increase()`` see.
+OUTCOMES = ("succeeded", "failed", "timeout", "stop", "restart", "close")
+STOP_REASONS = ("idle", "stop", "timeout", "crash", "close", "abandoned", "start_failed")
+HOOKS = ("initializer", "pre_freeze", "pre_stop")
+REJECT_REASONS: dict[type[StintError], str] = {
+    FunctionNotFoundError: "unknown_function",
+    PayloadError: "payload",
+    InvalidTaskIdError: "task_id",
+    TaskExistsError: "duplicate",
+    QueueFullError: "queue_full",
+    RuntimeClosedError: "closed",
+    StoreError: "store",
+}
+#: The ``function`` label of an invoke rejected for a name never registered: callers
+#: choose names, so using theirs would let anyone grow the series without bound (and
+#: an empty string is no function's name).
+UNKNOWN_FUNCTION = ""
+#: The reasons an invoke for a name never registered can be rejected for.
+UNKNOWN_REJECT_REASONS = ("unknown_function", "closed")
 SCRAPE_TIMEOUT = 10.0
 
 
@@ -55,17 +94,22 @@ class Histogram:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1
         self.sum += value
 
+    def copy(self) -> Histogram:
+        twin = Histogram.__new__(Histogram)
+        twin.counts = self.counts.copy()
+        twin.sum = self.sum
+        return twin
+
     def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
-            total += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
-        return out
+        return list(zip(_LE, itertools.accumulate(self.counts), strict=True))
 
 
 class FunctionMetrics:
-    """Every number stint keeps about one function; survives unregister (counters never go back)."""
+    """Every number stint keeps about one function; survives unregister (counters never go back).
+
+    Every series of a bounded label (state, outcome, reason, hook) exists from
+    registration on, at 0.
+    """
 
     __slots__ = (
         "attempts",
@@ -73,12 +117,15 @@ class FunctionMetrics:
         "exited",
         "hook_failures",
         "hooks",
+        "instance_start",
         "instance_starts",
+        "instance_states",
         "instance_stops",
         "instances",
         "kind",
         "protocol_errors",
         "queue_wait",
+        "rejected",
         "retries",
         "submitted",
     )
@@ -89,18 +136,43 @@ class FunctionMetrics:
         self.retries = 0
         self.entered: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.exited: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
-        self.attempts: dict[str, Histogram] = {}
+        self.attempts: dict[str, Histogram] = {outcome: Histogram() for outcome in OUTCOMES}
         self.queue_wait = Histogram()
         self.instance_starts = 0
+        self.instance_start = Histogram()  # creation to Ready, Initializer (and worker) included
         self.protocol_errors = 0  # worker frames that were not valid (kind "process")
-        self.instance_stops: Counter[str] = Counter()
-        self.hooks: dict[str, Histogram] = {}
-        self.hook_failures: Counter[str] = Counter()
+        self.instance_stops: Counter[str] = Counter(dict.fromkeys(STOP_REASONS, 0))
+        self.hooks: dict[str, Histogram] = {hook: Histogram() for hook in HOOKS}
+        self.hook_failures: Counter[str] = Counter(dict.fromkeys(HOOKS, 0))
+        self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS.values(), 0))
         self.instances: dict[str, Instance] = {}  # the pool's own dict, read at scrape time
+        self.instance_states: Counter[InstanceState] = Counter()  # filled in copies only
+
+    def copy(self) -> FunctionMetrics:
+        """A detached copy for a scrape: every number as it is now, and the pool's
+        instances reduced to a count by state (cheap enough to take on the loop)."""
+        twin = FunctionMetrics.__new__(FunctionMetrics)  # every slot is set below
+        twin.kind = self.kind
+        twin.submitted = self.submitted
+        twin.retries = self.retries
+        twin.entered = self.entered.copy()
+        twin.exited = self.exited.copy()
+        twin.attempts = {outcome: h.copy() for outcome, h in self.attempts.items()}
+        twin.queue_wait = self.queue_wait.copy()
+        twin.instance_starts = self.instance_starts
+        twin.instance_start = self.instance_start.copy()
+        twin.protocol_errors = self.protocol_errors
+        twin.instance_stops = self.instance_stops.copy()
+        twin.hooks = {hook: h.copy() for hook, h in self.hooks.items()}
+        twin.hook_failures = self.hook_failures.copy()
+        twin.rejected = self.rejected.copy()
+        twin.instances = {}
+        twin.instance_states = Counter(instance.state for instance in self.instances.values())
+        return twin
 
     def attempt(self, outcome: str, seconds: float) -> None:
         histogram = self.attempts.get(outcome)
-        if histogram is None:
+        if histogram is None:  # a new outcome would be a stint bug: still counted, not lost
             histogram = self.attempts[outcome] = Histogram()
         histogram.observe(seconds)
 
@@ -113,6 +185,24 @@ class FunctionMetrics:
             self.hook_failures[hook] += 1
 
 
+def rejection_reason(error: StintError) -> str | None:
+    """The ``reason`` label of an invoke that raised ``error`` (None: not a rejection)."""
+    for error_type, reason in REJECT_REASONS.items():
+        if isinstance(error, error_type):
+            return reason
+    return None
+
+
+class Reading(NamedTuple):
+    """One runtime's numbers, copied on the loop in one go; families are built from it."""
+
+    functions: dict[str, FunctionMetrics]
+    queued: dict[str, int]
+    unknown_rejected: Counter[str]
+    dead_letters: int
+    actor_failures: int
+
+
 class StintCollector(Collector):
     """Reads one runtime's counters when its registry is scraped."""
 
@@ -122,8 +212,10 @@ class StintCollector(Collector):
         queued: Callable[[], dict[str, int]],
         system: Callable[[], ActorSystem | None],
         version: str,
+        unknown_rejected: Counter[str],
     ) -> None:
         self._functions = functions
+        self._unknown_rejected = unknown_rejected
         self._queued = queued
         self._system = system
         self._version = version
@@ -137,35 +229,52 @@ class StintCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         loop = self.loop
         if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
-            return iter(self._families())
-        # The HTTP server's thread: read on the loop, where every update happens.
-        done = asyncio.run_coroutine_threadsafe(self._on_loop(), loop)
-        return iter(done.result(timeout=SCRAPE_TIMEOUT))
+            return iter(self._families(self._read()))
+        # The HTTP server's thread: copy the numbers on the loop, where every update
+        # happens (so no half-done one is seen), and build the families here, off it.
+        reading = asyncio.run_coroutine_threadsafe(self._read_on_loop(), loop)
+        return iter(self._families(reading.result(timeout=SCRAPE_TIMEOUT)))
 
-    async def _on_loop(self) -> list[Metric]:
-        return self._families()
+    async def _read_on_loop(self) -> Reading:
+        return self._read()
 
-    def _families(self) -> list[Metric]:
-        functions = self._functions()
+    def _read(self) -> Reading:
+        system = self._system()
+        return Reading(
+            {name: m.copy() for name, m in self._functions().items()},
+            dict(self._queued()),
+            self._unknown_rejected.copy(),
+            system.dead_letters if system else 0,
+            system.failure_count if system else 0,
+        )
+
+    def _families(self, reading: Reading) -> list[Metric]:
+        functions = reading.functions
         out: list[Metric] = [self._build_info()]
-        out += _task_families(functions, self._queued())
+        out += _task_families(functions, reading.queued)
         out += _instance_families(functions)
         out += _hook_families(functions)
-        system = self._system()
+        out.append(_rejected_family(functions, reading.unknown_rejected))
         dead = CounterMetricFamily(
             "stint_actor_dead_letters", "Messages that reached a stopped actor."
         )
-        dead.add_metric([], system.dead_letters if system else 0)
+        dead.add_metric([], reading.dead_letters)
         failures = CounterMetricFamily(
             "stint_actor_failures", "Exceptions raised by runtime actors (each one is a stint bug)."
         )
-        failures.add_metric([], system.failure_count if system else 0)
+        failures.add_metric([], reading.actor_failures)
         return [*out, dead, failures]
 
     def _build_info(self) -> Metric:
-        info = InfoMetricFamily("stint_build", "stint's version and the Python running it.")
-        python = ".".join(map(str, sys.version_info[:3]))
-        info.add_metric([], {"version": self._version, "python": python})
+        # A gauge, not an InfoMetricFamily: that one is typed "info" in OpenMetrics and
+        # "gauge" in the classic text format, so the type a scrape shows would depend on
+        # the Accept header. This reads the same in both (the convention of *_build_info).
+        info = GaugeMetricFamily(
+            "stint_build_info",
+            "stint's version and the Python running it (always 1).",
+            labels=["version", "python"],
+        )
+        info.add_metric([self._version, ".".join(map(str, sys.version_info[:3]))], 1)
         return info
 
 
@@ -214,6 +323,11 @@ def _instance_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
     starts = CounterMetricFamily(
         "stint_instance_starts", "Instance cold starts.", labels=["function", "kind"]
     )
+    start_time = HistogramMetricFamily(
+        "stint_instance_start_seconds",
+        "From an instance's creation to Ready (Initializer and worker boot included).",
+        labels=["function", "kind"],
+    )
     stops = CounterMetricFamily(
         "stint_instance_stops",
         "Instances gone, by reason (idle, stop, timeout, crash, close, abandoned, start_failed).",
@@ -227,14 +341,15 @@ def _instance_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
     for name, m in functions.items():
         if m.kind == "process":
             protocol.add_metric([name], m.protocol_errors)
-        by_state = Counter(instance.state for instance in m.instances.values())
         for state in InstanceState:
             if state is not InstanceState.STOPPED:
-                instances.add_metric([name, m.kind, state.value], by_state[state])
+                instances.add_metric([name, m.kind, state.value], m.instance_states[state])
         starts.add_metric([name, m.kind], m.instance_starts)
+        start = m.instance_start
+        start_time.add_metric([name, m.kind], start.cumulative(), start.sum)
         for reason, count in sorted(m.instance_stops.items()):
             stops.add_metric([name, m.kind, reason], count)
-    return [instances, starts, stops, protocol]
+    return [instances, starts, start_time, stops, protocol]
 
 
 def _hook_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
@@ -250,3 +365,17 @@ def _hook_families(functions: dict[str, FunctionMetrics]) -> list[Metric]:
         for hook, count in sorted(m.hook_failures.items()):
             failures.add_metric([name, hook], count)
     return [durations, failures]
+
+
+def _rejected_family(functions: dict[str, FunctionMetrics], unknown: Counter[str]) -> Metric:
+    rejected = CounterMetricFamily(
+        "stint_invokes_rejected",
+        "Invokes refused before anything was stored, by reason.",
+        labels=["function", "reason"],
+    )
+    for name, m in functions.items():
+        for reason, count in m.rejected.items():
+            rejected.add_metric([name, reason], count)
+    for reason, count in unknown.items():
+        rejected.add_metric([UNKNOWN_FUNCTION, reason], count)
+    return rejected

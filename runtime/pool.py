@@ -279,6 +279,7 @@ class InstancePoolActor(Actor):
             return
         instance.activate()
         instance.state = READY
+        self.metrics.instance_start.observe(self.clock.monotonic() - instance.started_at)
         instance.note("ready")
         self.start_failures = 0
         if self.shutting_down:

@@ -22,6 +22,7 @@ from .errors import (
     FunctionNotFoundError,
     QueueFullError,
     RuntimeClosedError,
+    StintError,
     TaskFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
@@ -40,7 +41,12 @@ from .messages import (
     Shutdown,
     Wake,
 )
-from .metrics import FunctionMetrics, StintCollector
+from .metrics import (
+    UNKNOWN_REJECT_REASONS,
+    FunctionMetrics,
+    StintCollector,
+    rejection_reason,
+)
 from .metrics_server import MetricsServer
 from .pool import InstancePoolActor
 from .record import TaskRecord
@@ -81,6 +87,7 @@ class Runtime:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
         if not tick_interval > 0 or not close_timeout >= 0:
             raise ConfigError("tick_interval must be > 0 seconds and close_timeout >= 0 seconds")
+        _check_metrics_address(metrics_host, metrics_port)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.tick_interval = tick_interval
@@ -104,11 +111,14 @@ class Runtime:
         #: The tasks close() left unfinished, by state (recovered later by a durable store).
         self.close_unfinished: dict[str, int] = {}
         self._metrics: dict[str, FunctionMetrics] = {}  # outlives unregister: counters only grow
+        # invokes refused for a name never registered, by reason
+        self._unknown_rejected: Counter[str] = Counter(dict.fromkeys(UNKNOWN_REJECT_REASONS, 0))
         self._collector = StintCollector(
             lambda: self._metrics,
             lambda: {name: e.queued for name, e in self._functions.items()},
             lambda: self._system,
             _version(),
+            self._unknown_rejected,
         )
         #: This runtime's own registry: two runtimes in one process never collide.
         self.metrics_registry = CollectorRegistry(auto_describe=True)
@@ -144,13 +154,29 @@ class Runtime:
         return self._system
 
     async def start(self) -> None:
-        """Open the store and start the supervisor and one pool per registered function."""
+        """Open the store, serve metrics (with ``metrics_port``), and start the supervisor
+        and one pool per registered function.
+
+        If anything fails once the store is open, everything started so far is closed
+        again (the store too) before the error propagates: the runtime is then closed.
+        """
         if self._state != "new":
             raise RuntimeClosedError(
                 f"this runtime is {self._state}; create a new Runtime to start again"
             )
+        recovered = await self._store.open()  # a store that fails to open holds nothing
+        try:
+            await self._start_opened(recovered)
+        except BaseException:
+            await self._undo_start()
+            raise
+
+    async def _start_opened(self, recovered: builtins.list[TaskRecord]) -> None:
+        self._collector.bind(asyncio.get_running_loop())
+        host, port = self._metrics_address
+        if port is not None:  # first: a busy port fails before any actor or instance runs
+            self._metrics_server = await MetricsServer.start(self.metrics_registry, host, port)
         self._system = ActorSystem(clock=self.clock)
-        recovered = await self._store.open()
         self._services = Services(
             self._system,
             self.clock,
@@ -167,10 +193,17 @@ class Runtime:
         for entry in self._functions.values():
             self._start_pool(entry)
         self._recover(recovered)
-        host, port = self._metrics_address
-        if port is not None:
-            await self.serve_metrics(host=host, port=port)
         self._system.scheduler.call_later(1.0, self._maintain)
+
+    async def _undo_start(self) -> None:
+        """``start`` failed after the store opened: close whatever it started, store
+        included, so the runtime holds nothing (a failure here is logged, not raised,
+        so that the error of ``start`` is the one the caller sees)."""
+        try:
+            await self._shut_down()
+        except Exception:
+            logger.exception("cleaning up after a failed start() failed too")
+        self._state = "closed"
 
     def _recover(self, records: builtins.list[TaskRecord]) -> None:
         """Adopt the unfinished tasks a durable store found (each task actor applies the rules).
@@ -214,6 +247,10 @@ class Runtime:
         if self._state == "new":
             self._state = "closed"
             return
+        await self._shut_down()
+
+    async def _shut_down(self) -> None:
+        """What ``close`` does to a runtime that started (or began to)."""
         self._state = "closing"
         try:
             await self._wind_down()
@@ -249,7 +286,6 @@ class Runtime:
 
     async def _tear_down(self, *, hurry: bool) -> None:
         """Stop background work, account for unfinished tasks, close actors and the store."""
-        assert self._system is not None
         if hurry:
             for pool in self._pools:
                 pool.tell(Interrupt())
@@ -260,7 +296,8 @@ class Runtime:
             if self.close_cancelled:
                 logger.warning("close() cancelled %d background task(s)", self.close_cancelled)
         await self._account_for_unfinished()
-        self._system.close()
+        if self._system is not None:
+            self._system.close()
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -405,26 +442,36 @@ class Runtime:
     # tasks ------------------------------------------------------------------------------
 
     async def invoke(self, name: str, payload: Any = None, *, task_id: str | None = None) -> str:
-        """Accept a task for ``name``; returns its id once it is stored as Enqueued."""
-        if self._state != "started":
-            raise self._closed_error()
-        entry = self._functions.get(name)
-        if entry is None:
-            raise FunctionNotFoundError(self._not_found(name))
-        data = codec.encode_payload(payload, self.max_payload_bytes)
-        task_id = self._new_id() if task_id is None else check_task_id(task_id)
-        config = entry.spec.config
-        if entry.queued >= config.max_queued:
-            raise QueueFullError(
-                f"function {name!r} already has {entry.queued} tasks waiting (max_queued="
-                f"{config.max_queued}); retry later, add capacity (max_instances, concurrency) "
-                "or raise max_queued"
-            )
+        """Accept a task for ``name``; returns its id once it is stored as Enqueued.
+
+        Raises (and counts in ``stint_invokes_rejected_total``) :class:`RuntimeClosedError`,
+        :class:`FunctionNotFoundError`, :class:`PayloadError`, :class:`InvalidTaskIdError`,
+        :class:`QueueFullError`, :class:`TaskExistsError` or :class:`StoreError`; nothing
+        is stored then.
+        """
         clock = self.clock
-        record = TaskRecord(task_id, name, data, clock.time())
-        pending = self._store.add(record)
-        if pending is not None:
-            await pending
+        try:  # zero-cost while nothing raises: only a rejected invoke pays for its count
+            if self._state != "started":
+                raise self._closed_error()
+            entry = self._functions.get(name)
+            if entry is None:
+                raise FunctionNotFoundError(self._not_found(name))
+            data = codec.encode_payload(payload, self.max_payload_bytes)
+            task_id = self._new_id() if task_id is None else check_task_id(task_id)
+            config = entry.spec.config
+            if entry.queued >= config.max_queued:
+                raise QueueFullError(
+                    f"function {name!r} already has {entry.queued} tasks waiting (max_queued="
+                    f"{config.max_queued}); retry later, add capacity (max_instances, "
+                    "concurrency) or raise max_queued"
+                )
+            record = TaskRecord(task_id, name, data, clock.time())
+            pending = self._store.add(record)
+            if pending is not None:
+                await pending
+        except StintError as error:
+            self._count_rejected(name, error)
+            raise
         assert self._system is not None and self._services is not None and entry.pool is not None
         ref = self._system.spawn(
             TaskActor, record, entry, self._services, name=task_id, parent=self._supervisor
@@ -447,6 +494,16 @@ class Runtime:
             # memory flat); the task is already accepted and stored.
             await asyncio.sleep(0)
         return task_id
+
+    def _count_rejected(self, name: object, error: StintError) -> None:
+        """Count a refused invoke under its function, or under ``function=""`` for a name
+        never registered (callers choose names: theirs would make the series unbounded)."""
+        reason = rejection_reason(error)
+        if reason is None:
+            return
+        metrics = self._metrics.get(name) if isinstance(name, str) else None
+        counts = metrics.rejected if metrics is not None else self._unknown_rejected
+        counts[reason] += 1
 
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
         self._live.pop(record.task_id, None)
@@ -610,3 +667,18 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _check_metrics_address(host: object, port: object) -> None:
+    """Refuse a metrics address ``start`` could never bind, before anything is opened."""
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
+    ):
+        raise ConfigError(
+            f"metrics_port={port!r} must be an integer from 0 to 65535 (0 picks a free port), "
+            "or None not to serve metrics"
+        )
+    if not isinstance(host, str) or not host:
+        raise ConfigError(
+            f"metrics_host={host!r} must be a host name or address such as '127.0.0.1'"
+        )
