@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import gc
 import logging
 import random
 from collections import Counter
@@ -30,6 +31,7 @@ from .errors import (
 from .hooks import BackgroundTasks
 from .ids import TaskIdGenerator, check_task_id
 from .instances import InstanceInfo
+from .instances.base import NOT_DECODED
 from .messages import (
     AddFunction,
     DescribeInstances,
@@ -60,6 +62,8 @@ logger = logging.getLogger("stint")
 _BACKPRESSURE = 4096  # inbox length past which invoke yields to the loop
 _WAKE = Wake()
 _ENQUEUED = TaskState.ENQUEUED
+# payload types a handler can be given as invoke got them (nothing in them can change)
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None)})
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -82,12 +86,21 @@ class Runtime:
         seed: int | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        gc_threshold: int | None = None,
     ) -> None:
         if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
         if not tick_interval > 0 or not close_timeout >= 0:
             raise ConfigError("tick_interval must be > 0 seconds and close_timeout >= 0 seconds")
         _check_metrics_address(metrics_host, metrics_port)
+        if gc_threshold is not None and (
+            not isinstance(gc_threshold, int) or isinstance(gc_threshold, bool) or gc_threshold < 1
+        ):
+            raise ConfigError(
+                f"gc_threshold={gc_threshold!r} must be an integer >= 1 (the collector's "
+                "generation-0 threshold while the runtime runs), or None to leave it alone"
+            )
+        self._gc = _GcThreshold(gc_threshold)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.tick_interval = tick_interval
@@ -189,6 +202,7 @@ class Runtime:
             SupervisorActor, self.tick_interval, name="supervisor"
         )
         self._state = "started"
+        self._gc.apply()
         self._collector.bind(asyncio.get_running_loop())
         for entry in self._functions.values():
             self._start_pool(entry)
@@ -309,6 +323,7 @@ class Runtime:
         for _, joiner in self._join_waiters:
             if not joiner.done():
                 joiner.set_exception(RuntimeClosedError("the runtime closed before it was idle"))
+        self._gc.restore()
         try:
             await self._store.close()
         finally:
@@ -473,8 +488,9 @@ class Runtime:
             self._count_rejected(name, error)
             raise
         assert self._system is not None and self._services is not None and entry.pool is not None
+        event = payload if type(payload) in _IMMUTABLE else NOT_DECODED
         ref = self._system.spawn(
-            TaskActor, record, entry, self._services, name=task_id, parent=self._supervisor
+            TaskActor, record, entry, self._services, event, name=task_id, parent=self._supervisor
         )
         self._live[task_id] = ref
         entry.queued += 1
@@ -661,6 +677,30 @@ class Runtime:
         return RuntimeClosedError(
             f"the runtime is {self._state}; create a new Runtime to run tasks"
         )
+
+
+class _GcThreshold:
+    """``Runtime(gc_threshold=N)``: the collector's generation-0 threshold while it runs.
+
+    Each task allocates and frees a handful of container objects, so the default
+    threshold (700) runs a young collection every ~100 tasks. A service that wants
+    fewer can raise it. The setting is process-global, so stint never changes it
+    unless asked, and puts back what it found when the runtime closes.
+    """
+
+    def __init__(self, threshold: int | None) -> None:
+        self.threshold = threshold
+        self.saved: tuple[int, int, int] | None = None
+
+    def apply(self) -> None:
+        if self.threshold is not None and self.saved is None:
+            self.saved = gc.get_threshold()
+            gc.set_threshold(self.threshold, *self.saved[1:])
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            gc.set_threshold(*self.saved)
+            self.saved = None
 
 
 def _version() -> str:

@@ -20,7 +20,7 @@ from actors import Actor, TimerHandle
 
 from .context import TaskContext
 from .errors import RuntimeClosedError, TaskFinishedError
-from .instances.base import Attempt, Slot
+from .instances.base import NOT_DECODED, Attempt, Slot
 from .messages import Recover
 from .record import ErrorInfo, TaskRecord
 from .registry import FunctionEntry, Services
@@ -50,6 +50,7 @@ class TaskActor(Actor):
         "attempt",
         "counted",
         "entry",
+        "event",
         "place",
         "record",
         "retry_timer",
@@ -57,10 +58,19 @@ class TaskActor(Actor):
         "stop_replies",
     )
 
-    def __init__(self, record: TaskRecord, entry: FunctionEntry, services: Services) -> None:
+    def __init__(
+        self,
+        record: TaskRecord,
+        entry: FunctionEntry,
+        services: Services,
+        event: object = NOT_DECODED,
+    ) -> None:
         self.record = record
         self.entry = entry
         self.services = services
+        # The payload as invoke was given it, when it is an immutable scalar (an int, a
+        # str, ...): handed to the handler as is, since decoding would only rebuild it.
+        self.event = event
         self.attempt: Attempt | None = None  # the attempt under way, until its outcome
         self.place: str | None = QUEUED
         self.counted = True  # still counted in entry.queued (accepted, not yet dequeued)
@@ -103,7 +113,7 @@ class TaskActor(Actor):
 
     def _finish(self) -> None:
         """The task is terminal: tell the runtime, answer stop requests, and go."""
-        self.stop_self()  # first: from now on its pool sees it gone
+        self.ref._stop_requested = True  # stop_self(), inlined; first: its pool sees it gone
         self.services.task_finished(self.record, self.entry)
         if self.stop_replies:
             snapshot = self.record.copy()
@@ -123,7 +133,9 @@ class TaskActor(Actor):
         """The pool reserved ``slot`` for the task; ``ready``: its instance can run it now."""
         if slot.reserved_by is not self.ref:
             return  # the reservation was voided (a restart) while this was on its way
-        self._uncount()
+        if self.counted:  # _uncount(), inlined
+            self.counted = False
+            self.entry.queued -= 1
         status = self.record.status
         if not ready:
             self.place = RESERVED
@@ -205,6 +217,7 @@ class TaskActor(Actor):
         attempt = Attempt(
             self.ref, number, record._payload, context, started + timeout, slot, started
         )
+        attempt.event = self.event
         self.attempt = attempt
         slot.attempt = attempt
         self._move(RUNNING, instance_id, now)
@@ -215,13 +228,12 @@ class TaskActor(Actor):
         if attempt is not self.attempt:
             return  # one from before a restart
         self.attempt = None
-        self.entry.metrics.attempt(
-            attempt.outcome, self.services.clock.monotonic() - attempt.started
-        )
+        error = attempt.error
+        outcome = "succeeded" if error is None else attempt.interrupted or "failed"
+        self.entry.metrics.attempt(outcome, self.services.clock.monotonic() - attempt.started)
         record = self.record
         if record.status is not RUNNING:
             return  # Stopping: the stop completes once the instance is replaced
-        error = attempt.error
         if error is None:
             record._result = attempt.result
             self._move(SUCCEEDED)

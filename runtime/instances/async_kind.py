@@ -14,7 +14,7 @@ import asyncio
 from .. import codec
 from ..errors import NonRetryableError, ResultEncodingError
 from ..hooks import error_info
-from .base import Attempt, Instance, Slot
+from .base import NOT_DECODED, Attempt, Instance, Slot
 
 _FAIRNESS = 64  # attempts a worker runs back to back before yielding to the loop
 
@@ -130,8 +130,11 @@ class _SlotWorker:
         """Await the handler and report its outcome (unless it was cut short meanwhile)."""
         handler = self.instance.spec.handler
         assert callable(handler)  # kind "async" was registered with the function itself
+        event = attempt.event
+        if event is NOT_DECODED:
+            event = codec.decode(attempt.payload)
         try:
-            value = await handler(codec.decode(attempt.payload), attempt.context)
+            value = await handler(event, attempt.context)
         except asyncio.CancelledError:
             if self.destroyed or not self._absorb_cancel():
                 raise

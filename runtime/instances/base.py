@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("stint")
 
 
+#: An attempt's ``event`` until someone decodes its payload.
+NOT_DECODED: Any = object()
+
+
 class Attempt:
     """One run of a handler for one task, handed to an instance slot.
 
@@ -37,6 +41,7 @@ class Attempt:
         "deadline",
         "done",
         "error",
+        "event",
         "interrupted",
         "number",
         "payload",
@@ -61,6 +66,7 @@ class Attempt:
         self.number = number
         # as invoke encoded it: decoded where the handler runs, never re-encoded
         self.payload = payload
+        self.event: Any = NOT_DECODED  # the payload's value, when the task already has it
         self.context = context
         self.deadline = deadline  # monotonic, checked by the lifecycle sweep
         self.slot = slot
@@ -70,13 +76,6 @@ class Attempt:
         self.error: ErrorInfo | None = None
         self.retryable = True
         self.interrupted: str | None = None  # "stop", "restart", "close", "timeout"
-
-    @property
-    def outcome(self) -> str:
-        """The ``outcome`` label of the attempt: succeeded, failed, or why it was cut short."""
-        if self.error is None:
-            return "succeeded"
-        return self.interrupted or "failed"
 
 
 class Slot:
