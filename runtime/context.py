@@ -26,10 +26,13 @@ class InstanceContext:
         return f"<InstanceContext {self.instance_id} of {self.function}>"
 
 
+_EVENT_LOCK = threading.Lock()
+
+
 class TaskContext:
     """The second argument of every handler call: which task, which attempt, how long."""
 
-    __slots__ = ("_stop", "attempt", "deadline", "function", "instance", "task_id")
+    __slots__ = ("_stop", "_stopped", "attempt", "deadline", "function", "instance", "task_id")
 
     def __init__(
         self,
@@ -46,6 +49,8 @@ class TaskContext:
         #: Epoch seconds after which this attempt counts as timed out.
         self.deadline = deadline
         self.instance = instance
+        self._stopped = False
+        # made only if a handler asks for it: a plain flag is all most attempts need
         self._stop: threading.Event | None = None
 
     @property
@@ -55,18 +60,24 @@ class TaskContext:
         A blocking handler (kind "thread") should check it between steps and return
         early; an async handler is cancelled instead, and sees it set as well.
         """
-        stop = self._stop
-        return stop is not None and stop.is_set()
+        return self._stopped
 
     @property
     def stop_event(self) -> threading.Event:
         """The flag behind :attr:`stop_requested`, to ``wait(timeout)`` on between steps."""
-        if self._stop is None:
-            self._stop = threading.Event()
-        return self._stop
+        with _EVENT_LOCK:  # a handler thread and the loop may both get here first
+            if self._stop is None:
+                self._stop = threading.Event()
+                if self._stopped:
+                    self._stop.set()
+            return self._stop
 
     def request_stop(self) -> None:
-        self.stop_event.set()
+        """Ask the attempt to end (the runtime does, on stop, timeout, restart and close)."""
+        with _EVENT_LOCK:
+            self._stopped = True
+            if self._stop is not None:
+                self._stop.set()
 
     def remaining(self) -> float:
         """Seconds left before the attempt's deadline (never negative)."""

@@ -239,7 +239,8 @@ class InstancePoolActor(Actor):
         Its queue entry, if it has one, is dropped when the dispatch reaches it.
         """
         slot = self.reserved.get(task)
-        if slot is not None and slot.attempt is None:
+        if slot is not None:  # an attempt handed over, if any, was taken back by the task
+            slot.attempt = None
             self._release(slot)
             self._dispatch()
 
@@ -357,9 +358,11 @@ class InstancePoolActor(Actor):
     def _restart(self, instance: Instance, reason: str, detail: str, cause: Slot) -> None:
         """Cut every attempt on ``instance`` short, run PreStop, and replace it."""
         for slot in instance.slots:
-            if slot.attempt is not None:
+            attempt = slot.attempt
+            if attempt is not None and not instance.withdraw(attempt):
                 instance.interrupt(slot, reason if slot is cause else "restart")
-            else:
+            else:  # it never started here: its task runs elsewhere
+                slot.attempt = None
                 self._void(slot)
         instance.replace = True
         self._stop_instance(instance, reason, detail)
@@ -433,10 +436,11 @@ class InstancePoolActor(Actor):
         self.instances.pop(instance.instance_id, None)
         self._drop_free_slots(instance)
         for slot in instance.slots:
-            ran = slot.attempt is not None
+            attempt = slot.attempt
+            ran = attempt is not None and not instance.withdraw(attempt)
             if ran:
                 instance.interrupt(slot, "restart")  # reported now, whatever the kind does
-                slot.attempt = None
+            slot.attempt = None
             self._void(slot, requeue=not ran)
         instance.in_flight = 0
         replacement = None

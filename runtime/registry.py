@@ -43,7 +43,9 @@ class Services:
     """What runtime actors need from their runtime, handed to them at creation."""
 
     __slots__ = (
+        "_thread_reports",
         "attempt_finished",
+        "attempt_started",
         "background",
         "clock",
         "now",
@@ -79,4 +81,14 @@ class Services:
         from .task_actor import TaskActor
 
         self.attempt_finished: Callable[..., Any] = TaskActor.attempt_finished
+        self.attempt_started: Callable[..., Any] = TaskActor.attempt_started
         self.slot_free: Callable[..., Any] = InstancePoolActor.slot_free
+        self._thread_reports: Any = None
+
+    def thread_reports(self) -> Any:
+        """The one batch channel from every instance thread to the loop (made on first use)."""
+        if self._thread_reports is None:
+            from .instances.thread_kind import ThreadReports
+
+            self._thread_reports = ThreadReports(self.system.loop)
+        return self._thread_reports

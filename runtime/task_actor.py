@@ -199,18 +199,10 @@ class TaskActor(Actor):
 
     def _run(self, slot: Slot, now: float) -> None:
         record = self.record
-        entry = self.entry
-        services = self.services
         instance = slot.instance
-        timeout = entry.spec.config.timeout
-        record.attempts += 1
-        number = record.attempts
-        if record.started_at is None:
-            record.started_at = now
-            entry.metrics.queue_wait.observe(now - record.created_at)
-        started = services.clock.monotonic()
-        instance_id = instance.instance_id
-        record.instance_id = instance_id
+        timeout = self.entry.spec.config.timeout
+        number = record.attempts + 1
+        started = self.services.clock.monotonic()
         context = TaskContext(
             record.task_id, record.function, number, now + timeout, instance.context
         )
@@ -220,8 +212,26 @@ class TaskActor(Actor):
         attempt.event = self.event
         self.attempt = attempt
         slot.attempt = attempt
+        if not instance.reports_start:
+            self._begin(attempt, now)
+        instance.run(slot, attempt)  # a kind that reports the start: Running comes then
+
+    def _begin(self, attempt: Attempt, now: float) -> None:
+        """The attempt really starts (at ``now``, wall clock): Running."""
+        record = self.record
+        record.attempts = attempt.number
+        if record.started_at is None:
+            record.started_at = now
+            self.entry.metrics.queue_wait.observe(now - record.created_at)
+        instance_id = attempt.slot.instance.instance_id
+        record.instance_id = instance_id
         self._move(RUNNING, instance_id, now)
-        instance.run(slot, attempt)
+
+    def attempt_started(self, attempt: Attempt, now: float) -> None:
+        """A kind that starts attempts on its own (a thread) took this one at ``now``."""
+        status = self.record.status
+        if attempt is self.attempt and (status is DEQUEUED or status is RETRYING):
+            self._begin(attempt, now)
 
     def attempt_finished(self, attempt: Attempt) -> None:
         """The attempt ended (or was cut short): its outcome is on it."""
@@ -304,6 +314,16 @@ class TaskActor(Actor):
         self.stop_replies.append(reply)
         if status is STOPPING:
             return  # the stop under way answers this one too
+        attempt = self.attempt
+        if attempt is not None and status is not RUNNING:
+            # Handed to an instance that starts it on its own (a thread): take it back,
+            # unless it has started meanwhile, in which case it is Running now.
+            if not attempt.slot.instance.withdraw(attempt):
+                assert attempt.claimed_at is not None
+                self._begin(attempt, attempt.claimed_at)
+                status = RUNNING
+            else:
+                self.attempt = None
         self._move(STOPPING, f"stop requested while {status}")
         pool = self.entry.pool
         assert pool is not None

@@ -37,6 +37,7 @@ class Attempt:
     """
 
     __slots__ = (
+        "claimed_at",
         "context",
         "deadline",
         "done",
@@ -76,6 +77,8 @@ class Attempt:
         self.error: ErrorInfo | None = None
         self.retryable = True
         self.interrupted: str | None = None  # "stop", "restart", "close", "timeout"
+        # kinds that start attempts on their own (a thread): when it did, wall clock
+        self.claimed_at: float | None = None
 
 
 class Slot:
@@ -129,6 +132,11 @@ class Instance:
     #: True when a timed-out attempt cannot be cut short in place (a thread, a process):
     #: the pool then replaces the instance, PreStop first.
     restart_on_timeout: ClassVar[bool] = False
+    #: Attempts an instance takes beyond ``concurrency``, waiting their turn where it runs
+    #: them (so it never waits for the loop between two).
+    prefetch: ClassVar[int] = 0
+    #: True when the kind says itself when an attempt really starts (Running comes then).
+    reports_start: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -145,7 +153,7 @@ class Instance:
         self.background = services.background
         self.context = InstanceContext(instance_id, spec.name, self.kind)
         self.state = InstanceState.STARTING
-        self.slots = [Slot(self, i) for i in range(spec.config.concurrency)]
+        self.slots = [Slot(self, i) for i in range(spec.config.concurrency + self.prefetch)]
         self.in_flight = 0
         self.tasks_served = 0
         self.created_at = clock.time()
@@ -300,6 +308,14 @@ class Instance:
         """Start ``attempt`` in ``slot`` (``slot.attempt`` is set already); when it ends,
         fill in its outcome, :meth:`report` it and :meth:`free` the slot."""
         raise NotImplementedError
+
+    def withdraw(self, attempt: Attempt) -> bool:
+        """Take back an attempt handed over but not started (it will never run).
+
+        True if it had not started (now it never will); False if it has. Kinds whose
+        attempts start as soon as they are handed over always answer False.
+        """
+        return False
 
     def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
         """End an attempt already reported as interrupted, where it runs; free the slot

@@ -1,23 +1,35 @@
 """kind="thread": blocking handlers, each instance a pykka ThreadingActor (one thread).
 
 The instance's thread runs the Initializer, the handler (one task at a time) and
-PreFreeze / PreStop. Work goes to it with ``tell`` and comes back to the event
-loop with ``loop.call_soon_threadsafe``; nothing here waits on a pykka future
-(whose ``__await__`` would block the loop).
+PreFreeze / PreStop, in the order the pool hands them over. It pulls its next item
+itself from the instance's inbox, so it never waits for the event loop between two
+tasks: the pool keeps one attempt waiting there while another runs (one slot more
+than ``concurrency``). What the thread reports — an attempt started (with its own
+timestamp), an attempt's outcome, a hook's — reaches the loop in batches: one
+``call_soon_threadsafe`` per batch, not per task (:class:`ThreadReports`).
+Nothing here waits on a pykka future (whose ``__await__`` would block the loop).
+
+An attempt waiting in the inbox has not started: its task is still Dequeued (or
+Retrying), a stop takes it back out at once, and a restart of the instance sends
+it elsewhere instead of failing it. The thread claims an attempt under the inbox's
+lock, so the loop always knows which side of that line an attempt is on.
 
 A thread cannot be killed. On stop or timeout the attempt's ``stop_requested``
 flag is set and the attempt is reported at once, and the instance is replaced.
-A PreStop, if there is one, is queued on the thread (it runs when the handler
-returns) and waited for up to ``pre_stop_timeout``; without one there is nothing
-to wait for. A thread still busy after ``pre_stop_timeout`` is abandoned:
-counted, listed by ``rt.instances()`` until it ends, never waited for.
+A PreStop, if there is one, runs on the thread after the handler returns and is
+waited for up to ``pre_stop_timeout``; without one there is nothing to wait for. A
+thread still busy after ``pre_stop_timeout`` is abandoned: counted, listed by
+``rt.instances()`` until it ends, never waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,37 +40,150 @@ from ..errors import NonRetryableError, ResultEncodingError
 from ..hooks import error_info
 from ..messages import CodeReturned
 from ..states import InstanceState
-from .base import Attempt, HookCallback, Instance, Slot
+from .base import NOT_DECODED, Attempt, HookCallback, Instance, Slot
+
+logger = logging.getLogger("stint")
 
 Outcome = tuple[bool, Any]  # (ok, value or exception)
+Report = tuple[Callable[..., None], tuple[Any, ...]]  # run on the loop: fn(*args)
+
+
+class ThreadReports:
+    """What instance threads tell the loop, delivered in batches.
+
+    A thread appends a report and, only if no flush is scheduled yet, schedules one
+    with ``call_soon_threadsafe``: the busier the threads, the bigger the batches.
+    One per runtime, shared by every thread-kind instance.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[Report] = []
+        self._scheduled = False
+
+    def put(self, fn: Callable[..., None], *args: Any) -> None:
+        """From a thread: run ``fn(*args)`` on the loop, in order with the other reports."""
+        with self._lock:
+            self._items.append((fn, args))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for fn, args in items:
+            try:
+                fn(*args)
+            except Exception:  # one bad report must not lose the rest of the batch
+                logger.exception("stint: a thread report failed on the loop")
+
+
+class _Hook:
+    __slots__ = ("done", "fn")
+
+    def __init__(self, fn: Callable[..., Any], done: Callable[[Outcome, float], None]) -> None:
+        self.fn = fn
+        self.done = done
+
+
+_EXIT = object()  # the last item a thread takes
+
+
+class _Inbox:
+    """What one instance's thread does next, shared with the loop under one lock.
+
+    ``wake`` is a binary semaphore (a lock held while nobody waits): the thread
+    blocks on it only when the inbox is empty, and whoever puts an item then
+    releases it once.
+    """
+
+    __slots__ = ("items", "lock", "waiting", "wake")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.lock = threading.Lock()
+        self.waiting = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def put(self, item: Any) -> None:
+        with self.lock:
+            self.items.append(item)
+            if self.waiting:
+                self.waiting = False
+                self.wake.release()
+
+    def take(self, clock_time: Callable[[], float]) -> Any:
+        """The next item (blocking); an attempt is claimed, and stamped, as it is taken."""
+        while True:
+            with self.lock:
+                if self.items:
+                    item = self.items.popleft()
+                    if type(item) is Attempt:
+                        item.claimed_at = clock_time()
+                    return item
+                self.waiting = True
+            self.wake.acquire()
+
+    def withdraw(self, attempt: Attempt) -> bool:
+        """Take back an attempt the thread has not claimed; False if it has (it runs)."""
+        with self.lock:
+            if attempt.claimed_at is not None:
+                return False
+            with contextlib.suppress(ValueError):
+                self.items.remove(attempt)
+            return True
 
 
 class _Thread(pykka.ThreadingActor):
-    """The instance's thread: runs what it is told, in order, and reports back."""
+    """The instance's thread: one message puts it in its pull loop until told to exit."""
 
     # An abandoned thread (a handler that ignores its stop flag) must never keep the
     # embedding process from exiting.
     use_daemon_thread = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, instance: ThreadInstance) -> None:
         super().__init__()
-        self._loop = loop
+        self._instance = instance
 
     def on_receive(self, message: Any) -> None:
-        fn, args, reply = message
-        started = time.perf_counter()
-        try:
-            outcome: Outcome = (True, fn(*args))
-        except BaseException as exc:  # everything user code raises goes back to the loop
-            outcome = (False, exc)
-        seconds = time.perf_counter() - started
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            self._loop.call_soon_threadsafe(reply, outcome, seconds)
+        instance = self._instance
+        inbox = instance.inbox
+        reports = instance.reports
+        clock = instance.clock
+        handler = instance.spec.handler
+        while True:
+            item = inbox.take(clock.time)
+            if item is _EXIT:
+                return
+            if type(item) is Attempt:
+                reports.put(instance.attempt_started, item, item.claimed_at, clock.monotonic())
+                outcome = _call(_run_handler, handler, item)
+                reports.put(instance.attempt_ended, item, outcome)
+            else:
+                started = time.perf_counter()
+                outcome = _call(item.fn, instance.context)
+                reports.put(item.done, outcome, time.perf_counter() - started)
 
 
-def _call_handler(handler: Callable[..., Any], payload: bytes, context: Any) -> bytes:
-    """Runs on the instance's thread: decode, the handler, then the result's encoding."""
-    value = handler(codec.decode(payload), context)
+def _call(fn: Callable[..., Any], *args: Any) -> Outcome:
+    try:
+        return (True, fn(*args))
+    except BaseException as exc:  # everything user code raises goes back to the loop
+        return (False, exc)
+
+
+def _run_handler(handler: Callable[..., Any], attempt: Attempt) -> bytes:
+    """On the instance's thread: decode, the handler, then the result's encoding."""
+    event = attempt.event
+    if event is NOT_DECODED:
+        event = codec.decode(attempt.payload)
+    value = handler(event, attempt.context)
     try:
         return codec.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -71,55 +196,70 @@ def _call_handler(handler: Callable[..., Any], payload: bytes, context: Any) -> 
 class ThreadInstance(Instance):
     kind = "thread"
     restart_on_timeout = True
-
-    def _thread(self) -> pykka.ActorRef[_Thread]:
-        thread: pykka.ActorRef[_Thread] | None = getattr(self, "_ref", None)
-        if thread is None:
-            thread = self._ref = _Thread.start(self.services.system.loop)
-            self._busy = 0  # jobs told to the thread and not reported back
-        return thread
+    prefetch = 1  # one attempt waits in the inbox while another runs
+    reports_start = True
 
     def start(self) -> None:
-        self._thread()
+        self.inbox = _Inbox()
+        self.reports = self.services.thread_reports()
+        self._busy = 0  # items put in the inbox and not yet reported back
+        self._ref = _Thread.start(self)
+        self._ref.tell(None)  # into the pull loop
         super().start()
-
-    def _on_thread(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], reply: Callable[[Outcome, float], None]
-    ) -> None:
-        self._busy += 1
-
-        def back(outcome: Outcome, seconds: float) -> None:
-            self._busy -= 1
-            reply(outcome, seconds)
-            if not self._busy and self.state is InstanceState.STOPPED:
-                self.pool.tell(CodeReturned(self))  # it was retiring: now it has ended
-
-        self._thread().tell((fn, args, back))
 
     def _execute_hook(self, name: str, hook: Any, timeout: float, done: HookCallback) -> None:
         finish = self._answer_once(name, timeout, done)
 
         def back(outcome: Outcome, seconds: float) -> None:
             ok, value = outcome
+            self._returned()
             finish(None if ok else error_info(value), seconds)
 
-        self._on_thread(hook, (self.context,), back)
+        self._busy += 1
+        self.inbox.put(_Hook(hook, back))
 
     def activate(self) -> None:
         pass
 
     def run(self, slot: Slot, attempt: Attempt) -> None:
-        attempt.context.stop_event  # noqa: B018 - made here, on the loop, before the thread reads it
+        attempt.deadline = float("inf")  # the timeout counts from when the thread starts it
+        self._busy += 1
+        self.inbox.put(attempt)
 
-        def finished(outcome: Outcome, seconds: float) -> None:
-            if attempt.done:
-                return  # interrupted: reported, and its slot freed, already
-            _fill(attempt, outcome)
-            self.report(attempt)
-            self.free(slot)
+    def withdraw(self, attempt: Attempt) -> bool:
+        if attempt.claimed_at is None and self.inbox.withdraw(attempt):
+            if not attempt.done:
+                attempt.done = True  # it will never run: nothing more to report
+                self._busy -= 1
+            return True
+        return False
 
-        args = (self.spec.handler, attempt.payload, attempt.context)
-        self._on_thread(_call_handler, args, finished)
+    def attempt_started(self, attempt: Attempt, wall: float, monotonic: float) -> None:
+        """On the loop: the thread took ``attempt`` at ``wall`` (its own reading)."""
+        if attempt.done:
+            return
+        attempt.started = monotonic
+        attempt.deadline = monotonic + self.spec.config.timeout
+        attempt.task.send(self.services.attempt_started, attempt, wall)
+
+    def attempt_ended(self, attempt: Attempt, outcome: Outcome) -> None:
+        """On the loop: the handler returned or raised."""
+        self._returned()
+        if attempt.done:
+            return  # interrupted: reported, and its slot freed, already
+        ok, value = outcome
+        if ok:
+            attempt.result = value
+        else:
+            attempt.error = error_info(value)
+            attempt.retryable = not isinstance(value, NonRetryableError)
+        self.report(attempt)
+        self.free(attempt.slot)
+
+    def _returned(self) -> None:
+        self._busy -= 1
+        if not self._busy and self.state is InstanceState.STOPPED:
+            self.pool.tell(CodeReturned(self))  # it was retiring: now it has ended
 
     def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
         # A thread cannot be interrupted: the flag is set, the slot is given up now, and
@@ -127,20 +267,11 @@ class ThreadInstance(Instance):
         self.free(slot)
 
     def destroy(self) -> None:
-        thread = getattr(self, "_ref", None)
-        if thread is None:
+        ref = getattr(self, "_ref", None)
+        if ref is None:
             return
-        thread.stop(block=False)  # queued behind whatever runs: the thread ends after it
+        self.inbox.put(_EXIT)  # after whatever is queued: the thread ends once it gets there
+        ref.stop(block=False)
 
     def still_running(self) -> bool:
-        thread = getattr(self, "_ref", None)
-        return thread is not None and self._busy > 0
-
-
-def _fill(attempt: Attempt, outcome: Outcome) -> None:
-    ok, value = outcome
-    if ok:
-        attempt.result = value
-    else:
-        attempt.error = error_info(value)
-        attempt.retryable = not isinstance(value, NonRetryableError)
+        return getattr(self, "_busy", 0) > 0
