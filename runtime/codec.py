@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import PayloadError
+from .errors import PayloadError, PayloadTooLargeError
 
 _NIL = b"\xc0"
 # Payloads are values, not objects: no ext types, no tuples disguised as lists.
@@ -31,7 +31,7 @@ def encode_payload(value: Any, max_bytes: int) -> bytes:
             "float, str, bytes, list and dict values"
         ) from None
     if len(data) > max_bytes:
-        raise PayloadError(
+        raise PayloadTooLargeError(
             f"the payload is {len(data)} bytes encoded, over max_payload_bytes={max_bytes}; "
             "send a reference (a URL, a key) instead, or raise max_payload_bytes on the Runtime"
         )

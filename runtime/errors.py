@@ -19,6 +19,10 @@ class PayloadError(StintError, ValueError):
     """Raised by ``invoke`` for a payload msgpack cannot encode or one over the size limit."""
 
 
+class PayloadTooLargeError(PayloadError):
+    """Raised by ``invoke`` for a payload over ``max_payload_bytes`` once encoded."""
+
+
 class InvalidTaskIdError(StintError, ValueError):
     """Raised by ``invoke`` for a caller-given task id that breaks the id rules."""
 
