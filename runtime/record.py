@@ -59,6 +59,8 @@ class TaskRecord:
         payload: bytes,
         created_at: float,
         events: list[tuple[str, float, str]] | None = None,
+        *,
+        note: str = "accepted",
     ) -> None:
         self.task_id = task_id
         self.function = function
@@ -75,7 +77,7 @@ class TaskRecord:
         # (state name as a plain str, timestamp, detail): atomic values only, so the
         # garbage collector stops tracking each tuple after its first pass
         self._events: list[tuple[str, float, str]] = (
-            [(_ENQUEUED, created_at, "accepted")] if events is None else events
+            [(_ENQUEUED, created_at, note)] if events is None else events
         )
 
     def __repr__(self) -> str:

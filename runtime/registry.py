@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .metrics import FunctionMetrics
     from .record import TaskRecord
     from .stores.base import Store
+    from .waiting import Waits
 
 
 class FunctionEntry:
@@ -47,6 +48,7 @@ class Services:
         "attempt_finished",
         "attempt_started",
         "background",
+        "changed",
         "clock",
         "now",
         "random",
@@ -55,6 +57,7 @@ class Services:
         "store_update",
         "system",
         "task_finished",
+        "watched",
     )
 
     def __init__(  # noqa: PLR0917 - built in one place, by Runtime.start
@@ -65,6 +68,7 @@ class Services:
         background: BackgroundTasks,
         task_finished: Callable[[TaskRecord, FunctionEntry], None],
         rng: random.Random,
+        waits: Waits,
     ) -> None:
         self.system = system
         self.clock = clock
@@ -75,6 +79,8 @@ class Services:
         self.background = background
         self.task_finished = task_finished
         self.random = rng
+        self.watched = waits.watched  # task id -> watchers: non-empty only while someone watches
+        self.changed = waits.changed
         # What an instance calls (with ActorRef.send) when an attempt ends: the task's
         # and the pool's methods, handed over here so instance kinds need neither class.
         from .pool import InstancePoolActor

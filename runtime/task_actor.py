@@ -101,15 +101,18 @@ class TaskActor(Actor):
         metrics = self.entry.metrics
         metrics.exited[old] += 1
         metrics.entered[new] += 1
+        services = self.services
         if now is None:
-            now = self.services.now()
+            now = services.now()
         record.status = new
         record._events.append((NAME[new], now, detail))
         if new in TERMINAL:
             record.ended_at = now
-        update = self.services.store_update
+        update = services.store_update
         if update is not None:
             update(record)
+        if services.watched and record.task_id in services.watched:
+            services.changed(record.task_id)
 
     def _finish(self) -> None:
         """The task is terminal: tell the runtime, answer stop requests, and go."""
@@ -370,9 +373,12 @@ class TaskActor(Actor):
     def _note(self, detail: str) -> None:
         """An event that is not a transition (the state stays): recovery steps."""
         record = self.record
-        record._events.append((NAME[record.status], self.services.now(), detail))
-        if self.services.store_update is not None:
-            self.services.store_update(record)
+        services = self.services
+        record._events.append((NAME[record.status], services.now(), detail))
+        if services.store_update is not None:
+            services.store_update(record)
+        if services.watched and record.task_id in services.watched:
+            services.changed(record.task_id)
 
 
 # The pool and the task actor call each other's methods: one of the two imports has to

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
+from ..listing import Query
 from ..record import TaskRecord
-from ..states import TaskState
 
 
 class Store(Protocol):
@@ -44,15 +44,10 @@ class Store(Protocol):
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
-    async def list(
-        self,
-        *,
-        function: str | None,
-        status: TaskState | None,
-        prefix: str | None,
-        limit: int,
-    ) -> list[TaskRecord]:
-        """Records matching every filter given, newest first, at most ``limit``."""
+    async def list(self, query: Query) -> list[TaskRecord]:
+        """Up to ``query.limit + 1`` records matching every filter, in the query's order
+        (``(created_at, task_id)``, newest first unless ``query.order`` is "asc"),
+        strictly after ``query.start_after`` when it is set."""
         ...
 
     def evict(self) -> int:

@@ -26,8 +26,9 @@ from typing import Any
 from actors import Clock
 
 from ..errors import StoreError, TaskExistsError
+from ..listing import Query
 from ..record import TaskRecord
-from ..states import NAME, TaskState
+from ..states import NAME
 from ..wire import pack_record, unpack_record
 
 logger = logging.getLogger("stint")
@@ -49,6 +50,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_function ON tasks (function, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at, task_id);
+CREATE INDEX IF NOT EXISTS tasks_by_function_created ON tasks (function, created_at, task_id);
+CREATE INDEX IF NOT EXISTS tasks_by_status_created ON tasks (status, created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
 """
 _UNFINISHED = ("Enqueued", "Dequeued", "Running", "Retrying", "Stopping")
@@ -376,47 +380,56 @@ class SQLiteStore:
         )
         return None if row is None else bytes(row[0])
 
-    async def list(
-        self,
-        *,
-        function: str | None,
-        status: TaskState | None,
-        prefix: str | None,
-        limit: int,
-    ) -> list[TaskRecord]:
-        if limit <= 0:
-            return []
-        # Unwritten changes are newer than anything on disk: those first, then the file.
+    async def list(self, query: Query) -> builtins.list[TaskRecord]:
+        """Up to ``query.limit + 1`` matching records, in the query's order.
+
+        Records not written yet are newer than their rows on disk: they are merged in
+        from memory, and win over the rows they replace.
+        """
         fresh = {**self._writing, **self._dirty, **self._live}
-        wanted = [r for r in fresh.values() if _matches(r, function, status, prefix)]
-        wanted.sort(key=lambda r: r.created_at, reverse=True)
-        rows: list[bytes] = []
+        wanted = [
+            r
+            for r in fresh.values()
+            if query.matches(r) and query.after_start((r.created_at, r.task_id))
+        ]
+        rows: builtins.list[bytes] = []
         if self._reader is not None:
             rows = await self._in(
-                self._reader, self._read_many, function, status, prefix, limit + len(fresh)
+                self._reader, self._read_page, query, query.limit + 1 + len(fresh)
             )
         on_disk = [unpack_record(blob) for blob in rows]
         result = wanted + [r for r in on_disk if r.task_id not in fresh]
-        result.sort(key=lambda r: r.created_at, reverse=True)
-        return result[:limit]
+        result.sort(key=lambda r: (r.created_at, r.task_id), reverse=query.descending)
+        return result[: query.limit + 1]
 
-    def _read_many(
-        self, function: str | None, status: TaskState | None, prefix: str | None, limit: int
-    ) -> builtins.list[bytes]:
-        where: list[str] = []
-        args: list[object] = []
-        if function is not None:
+    def _read_page(self, query: Query, limit: int) -> builtins.list[bytes]:
+        where: builtins.list[str] = []
+        args: builtins.list[object] = []
+        if query.function is not None:
             where.append("function = ?")
-            args.append(function)
-        if status is not None:
+            args.append(query.function)
+        if query.status is not None:
             where.append("status = ?")
-            args.append(NAME[status])
-        if prefix is not None:
+            args.append(query.status)
+        if query.prefix is not None:
             where.append("substr(task_id, 1, ?) = ?")
-            args += [len(prefix), prefix]
+            args += [len(query.prefix), query.prefix]
+        if query.created_after is not None:
+            where.append("created_at > ?")
+            args.append(query.created_after)
+        if query.created_before is not None:
+            where.append("created_at < ?")
+            args.append(query.created_before)
+        direction, beyond = ("DESC", "<") if query.descending else ("ASC", ">")
+        if query.start_after is not None:
+            created_at, task_id = query.start_after
+            where.append(f"(created_at, task_id) {beyond} (?, ?)")
+            args += [created_at, task_id]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._connection().execute(
-            f"SELECT record FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)
+            f"SELECT record FROM tasks {clause} "
+            f"ORDER BY created_at {direction}, task_id {direction} LIMIT ?",
+            (*args, limit),
         )
         return [bytes(row[0]) for row in rows]
 
@@ -451,16 +464,6 @@ class SQLiteStore:
             total += cursor.rowcount
             if cursor.rowcount < RETENTION_BATCH:
                 return total
-
-
-def _matches(
-    record: TaskRecord, function: str | None, status: TaskState | None, prefix: str | None
-) -> bool:
-    return (
-        (function is None or record.function == function)
-        and (status is None or record.status is status)
-        and (prefix is None or record.task_id.startswith(prefix))
-    )
 
 
 def _exists(task_id: str) -> TaskExistsError:

@@ -20,6 +20,8 @@ from runtime.errors import StoreError
 from runtime.record import TaskRecord
 from runtime.stores.sqlite import SQLiteStore
 
+from .helpers import list_all
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 S = TaskState
 
@@ -265,7 +267,7 @@ async def test_sigkill_mid_run_loses_no_accepted_task(tmp_path: pathlib.Path) ->
     async with Runtime(store=url(db)) as rt:
         rt.register("work", work, concurrency=100, max_instances=4)
         await rt.join(timeout=60)
-        final = {r.task_id: r.status for r in await rt.list(limit=20_000)}
+        final = {r.task_id: r.status for r in await list_all(rt)}
     assert all(final[t] is S.SUCCEEDED for t in accepted_ids)
     assert not succeeded_before & set(rerun)  # nothing already Succeeded ran again
     with sqlite3.connect(db) as conn:

@@ -1,0 +1,435 @@
+"""The rest of the task API (issue 10): watch, paged listing, re-run, retry policy, the
+thread-safe client, and the rules a new user tripped over. Every store runs each test."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tempfile
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime import (
+    ConfigError,
+    InvalidTaskIdError,
+    ManualClock,
+    NonRetryableError,
+    Runtime,
+    RuntimeClosedError,
+    TaskList,
+    TaskNotFinishedError,
+    TaskNotFoundError,
+    TaskState,
+    WrongLoopError,
+    WrongThreadError,
+    start_in_thread,
+)
+from runtime.ids import derived_id
+from tests.conftest import RuntimeFactory
+
+from .helpers import Gate, list_all, until_status
+
+S = TaskState
+
+
+async def echo(event: Any, ctx: Any) -> Any:
+    return event
+
+
+# --- watch -------------------------------------------------------------------------------
+
+
+async def test_watch_yields_the_history_then_live_events_to_the_end(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = await make_runtime()
+    gate = Gate()
+    rt.register("fn", gate.handler)
+    task_id = await rt.invoke("fn")
+    await until_status(rt, task_id, S.RUNNING)
+    seen: list[str] = []
+
+    async def watch() -> None:
+        async for event in rt.watch(task_id):
+            seen.append(str(event.status))  # noqa: PERF401 - as they come, not at the end
+
+    watchers = [asyncio.ensure_future(watch()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert seen == ["Enqueued", "Dequeued", "Running"] * 3  # the history, then they wait
+    gate.open()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*watchers)
+    assert seen.count("Succeeded") == 3 and len(seen) == 12
+    assert not rt._waits.watched  # nobody left registered
+
+
+async def test_watch_of_a_finished_task_yields_its_history_and_ends(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    task_id = await rt.invoke("fn", 1)
+    record = await rt.wait(task_id, timeout=5)
+    events = [event async for event in rt.watch(task_id)]
+    assert events == record.events
+
+
+async def test_a_watcher_that_stops_early_leaves_nothing_behind(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = await make_runtime()
+    gate = Gate()
+    rt.register("fn", gate.handler)
+    task_id = await rt.invoke("fn")
+    await until_status(rt, task_id, S.RUNNING)
+    watch = rt.watch(task_id)
+    history = [await watch.__anext__() for _ in range(3)]
+    assert [e.status for e in history] == [S.ENQUEUED, S.DEQUEUED, S.RUNNING]
+    pending = asyncio.ensure_future(watch.__anext__())  # now waiting for a live event
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    async for _ in rt.watch(task_id):
+        break  # stops iterating early
+    del watch
+    gc.collect()
+    assert not rt._waits.watched
+    gate.open()
+    assert (await rt.wait(task_id, timeout=5)).status is S.SUCCEEDED
+
+
+async def test_watch_of_an_unknown_task_raises(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    with pytest.raises(TaskNotFoundError):
+        await rt.watch("nope").__anext__()
+
+
+# --- listing -----------------------------------------------------------------------------
+
+
+async def test_list_pages_with_cursors_in_both_orders(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    rt.register("other", echo)
+    ids = [await rt.invoke("fn", i, task_id=f"job-{i:02d}") for i in range(25)]
+    await rt.invoke("other", 0)
+    await rt.join()
+    pages: list[TaskList] = []
+    cursor = None
+    while True:
+        page = await rt.list(function="fn", limit=10, cursor=cursor)
+        pages.append(page)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [r.task_id for p in pages for r in p] == ids[::-1]
+    ascending = await list_all(rt, function="fn", order="asc")
+    assert [r.task_id for r in ascending] == ids
+    everything = await rt.list(limit=1000)
+    assert everything.next_cursor is None and len(everything) == 26
+
+
+async def test_list_filters_by_creation_time(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    rt = await make_runtime(clock=clock)
+    rt.register("fn", echo)
+    early = await rt.invoke("fn", 1)
+    middle_time = clock.time() + 5
+    clock.advance(10)
+    late = await rt.invoke("fn", 2)
+    await rt.join()
+    assert [r.task_id for r in await rt.list(created_after=middle_time)] == [late]
+    assert [r.task_id for r in await rt.list(created_before=middle_time)] == [early]
+    assert not await rt.list(created_after=middle_time, created_before=middle_time)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"limit": 0}, "limit=0"),
+        ({"limit": 1001}, "limit=1001"),
+        ({"limit": True}, "limit=True"),
+        ({"order": "newest"}, "order="),
+        ({"status": "Done"}, "unknown status"),
+        ({"created_after": "yesterday"}, "created_after="),
+        ({"cursor": "garbage!"}, "not a cursor"),
+        ({"cursor": 12}, "not a cursor"),
+    ],
+)
+async def test_list_refuses_bad_arguments(
+    make_runtime: RuntimeFactory, kwargs: dict[str, Any], message: str
+) -> None:
+    rt = await make_runtime()
+    with pytest.raises(ConfigError, match=message):
+        await rt.list(**kwargs)
+
+
+async def test_a_cursor_only_continues_its_own_listing(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    for i in range(3):
+        await rt.invoke("fn", i)
+    page = await rt.list(limit=1)
+    assert page.next_cursor is not None
+    with pytest.raises(ConfigError, match="other filters or order"):
+        await rt.list(function="fn", limit=1, cursor=page.next_cursor)
+    with pytest.raises(ConfigError, match="other filters or order"):
+        await rt.list(limit=1, order="asc", cursor=page.next_cursor)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    before=st.integers(0, 40),
+    limit=st.integers(1, 12),
+    during=st.lists(st.integers(0, 4), max_size=8),
+    order=st.sampled_from(["desc", "asc"]),
+)
+def test_paging_yields_each_task_exactly_once_under_concurrent_invokes(
+    store_url: str, before: int, limit: int, during: list[int], order: str
+) -> None:
+    async def scenario(url: str) -> None:
+        async with Runtime(store=url) as rt:
+            rt.register("fn", echo)
+            existing = [await rt.invoke("fn", i) for i in range(before)]
+            seen: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                page = await rt.list(limit=limit, order=order, cursor=cursor)
+                seen += [r.task_id for r in page]
+                for _ in range(during[pages] if pages < len(during) else 0):
+                    await rt.invoke("fn", -1)  # new tasks while paging
+                pages += 1
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert len(seen) == len(set(seen))  # never twice
+            assert set(existing) <= set(seen)  # none that existed is missed
+            if order == "desc":
+                assert seen[: len(existing)] == existing[::-1] or set(seen) == set(existing)
+            else:
+                assert seen[: len(existing)] == existing
+
+    with tempfile.TemporaryDirectory() as folder:  # a fresh file for every example
+        url = store_url if store_url.startswith("memory") else f"sqlite:///{folder}/t.db"
+        asyncio.run(scenario(url))
+
+
+# --- re-run ------------------------------------------------------------------------------
+
+
+async def test_rerun_runs_a_failed_task_again(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    broken = {"on": True}
+
+    async def flaky(event: Any, ctx: Any) -> Any:
+        if broken["on"]:
+            raise NonRetryableError("down")
+        return event
+
+    rt.register("fn", flaky)
+    first = await rt.invoke("fn", {"n": 1}, task_id="first")
+    assert (await rt.wait(first, timeout=5)).status is S.FAILED
+    failed = await list_all(rt, status="Failed")
+    assert [r.task_id for r in failed] == ["first"]
+    broken["on"] = False
+    again = await rt.rerun("first", new_task_id="again")
+    record = await rt.wait(again, timeout=5)
+    assert again == "again" and record.status is S.SUCCEEDED and record.result == {"n": 1}
+    assert record.events[0].detail == "accepted: re-run of first"
+    generated = await rt.rerun("again")
+    assert generated != "again" and (await rt.wait(generated, timeout=5)).result == {"n": 1}
+
+
+async def test_rerun_refuses_an_unfinished_or_unknown_task(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    gate = Gate()
+    rt.register("fn", gate.handler)
+    task_id = await rt.invoke("fn")
+    with pytest.raises(TaskNotFinishedError, match="still"):
+        await rt.rerun(task_id)
+    with pytest.raises(TaskNotFoundError):
+        await rt.rerun("missing")
+    gate.open()
+    await rt.wait(task_id, timeout=5)
+
+
+# --- retry policy ------------------------------------------------------------------------
+
+
+async def test_retry_on_and_no_retry_on_choose_what_retries(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+
+    async def raise_it(event: Any, ctx: Any) -> None:
+        raise {"conn": ConnectionError, "value": ValueError, "timeout": TimeoutError}[event]("x")
+
+    rt.register(
+        "fn", raise_it, retry_backoff=0, max_retries=2,
+        retry_on=(OSError,), no_retry_on=(TimeoutError,),
+    )  # fmt: skip
+    conn = await rt.wait(await rt.invoke("fn", "conn"), timeout=5)
+    value = await rt.wait(await rt.invoke("fn", "value"), timeout=5)
+    timeout = await rt.wait(await rt.invoke("fn", "timeout"), timeout=5)
+    assert (conn.status, conn.attempts) == (S.FAILED, 3)  # an OSError: retried
+    assert (value.status, value.attempts) == (S.FAILED, 1)  # not in retry_on
+    assert (timeout.status, timeout.attempts) == (S.FAILED, 1)  # an OSError, but excluded
+    assert "not retryable" in value.events[-1].detail
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"retry_on": (ValueError, "KeyError")}, {"no_retry_on": [ValueError]}, {"retry_on": 3}],
+)
+def test_retry_policy_is_checked_at_registration(options: dict[str, Any]) -> None:
+    rt = Runtime()
+    with pytest.raises(ConfigError, match="exception classes"):
+        rt.register("fn", echo, **options)
+
+
+def test_one_exception_class_is_accepted_alone() -> None:
+    rt = Runtime()
+    rt.register("fn", echo, retry_on=ConnectionError)
+    assert rt.functions["fn"].config.retry_on == (ConnectionError,)
+
+
+# --- registration and ids ----------------------------------------------------------------
+
+
+def test_function_decorator_without_parentheses_registers_under_its_name() -> None:
+    rt = Runtime()
+
+    @rt.function
+    async def resize(event: Any, ctx: Any) -> None:
+        return None
+
+    @rt.function(name="named", max_retries=1)
+    async def other(event: Any, ctx: Any) -> None:
+        return None
+
+    assert set(rt.functions) == {"resize", "named"} and callable(resize) and callable(other)
+    with pytest.raises(ConfigError, match="name"):
+        rt.function(12)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_a_handler_must_take_event_and_context(kind: str) -> None:
+    rt = Runtime()
+
+    async def one_async(event: Any) -> None:
+        return None
+
+    def one_sync(event: Any) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match=r"'fn'.*handler\(event, context\)"):
+        rt.register("fn", one_async if kind == "async" else one_sync, kind=kind)
+
+    async def flexible(*args: Any) -> None:
+        return None
+
+    rt.register("ok", flexible)  # *args takes both
+
+
+async def test_generated_ids_cannot_be_taken_by_hand(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    generated = await rt.invoke("fn")
+    with pytest.raises(InvalidTaskIdError, match="reserved"):
+        await rt.invoke("fn", task_id=generated)
+    with pytest.raises(InvalidTaskIdError, match="reserved"):
+        await rt.invoke("fn", task_id="t0123456789ab-1")
+    assert await rt.invoke("fn", task_id="t-custom.v2") == "t-custom.v2"
+
+
+def test_derived_ids_follow_the_id_rule() -> None:
+    assert derived_id("abc", "on_success") == "abc.on_success"
+    long = "x" * 128
+    derived = derived_id(long, "on_failure")
+    assert len(derived) <= 128 and derived.endswith(".on_failure")
+    assert derived != derived_id("x" * 127 + "y", "on_failure")
+
+
+# --- loops and threads -------------------------------------------------------------------
+
+
+async def test_calls_before_start_raise_runtime_closed() -> None:
+    rt = Runtime()
+    rt.register("fn", echo)
+    for call in (rt.get("x"), rt.wait("x"), rt.list(), rt.join(), rt.stop("x"), rt.invoke("fn")):
+        with pytest.raises(RuntimeClosedError, match="not started"):
+            await call
+    with pytest.raises(RuntimeClosedError, match="not started"):
+        rt.watch("x")
+
+
+async def test_a_runtime_used_from_another_event_loop_says_so(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    task_id = await rt.invoke("fn")
+    errors: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            asyncio.run(rt.get(task_id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    await asyncio.get_running_loop().run_in_executor(None, thread.join)
+    assert len(errors) == 1 and isinstance(errors[0], WrongLoopError)
+    assert "rt.client()" in str(errors[0])
+
+
+def test_the_threaded_client_from_plain_threads() -> None:
+    rt = Runtime(tick_interval=0.01)
+
+    async def double(event: Any, ctx: Any) -> Any:
+        return event * 2
+
+    rt.register("double", double)
+    with start_in_thread(rt) as running:
+        client = running.client
+        results: list[Any] = []
+
+        def work(n: int) -> None:
+            task_id = client.invoke("double", n)
+            results.append(client.wait(task_id, timeout=10).result)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(results) == [i * 2 for i in range(8)]
+        assert len(client.list(function="double")) == 8
+        assert client.get(client.invoke("double", 5, task_id="five")).task_id == "five"
+        with pytest.raises(TaskNotFoundError):
+            client.get("nope")
+
+        async def on_the_loop() -> None:
+            with pytest.raises(WrongThreadError, match="own event loop thread"):
+                client.get("five")
+
+        asyncio.run_coroutine_threadsafe(on_the_loop(), running._loop).result(5)  # type: ignore[arg-type]
+    assert not rt.started
+    with pytest.raises(RuntimeClosedError):
+        client.get("five")
+
+
+def test_start_in_thread_reports_a_failed_start(tmp_path: Any) -> None:
+    rt = Runtime(store=f"sqlite:///{tmp_path}/nowhere/x.db")
+    with pytest.raises(Exception, match="nowhere"):
+        start_in_thread(rt)
