@@ -158,7 +158,7 @@ class RuntimeThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self.runtime.start()
-        self.client = RuntimeClient(self.runtime, self._loop, threading.get_ident())
+        self.client = self.runtime.client()
         self._started.set()
         try:
             await self._stop.wait()

@@ -8,6 +8,7 @@ import gc
 import logging
 import math
 import random
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from actors import ActorRef, ActorSystem, Clock, SystemClock
 
 from . import codec
+from .client import RuntimeClient
 from .config import FunctionSpec, check_name, make_spec
 from .errors import (
     ConfigError,
@@ -121,6 +123,7 @@ class Runtime:
         self._waits = Waits()
         self._last_created = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._new_id = TaskIdGenerator()
         self._background = BackgroundTasks()
         self._system: ActorSystem | None = None
@@ -198,6 +201,7 @@ class Runtime:
         if port is not None:  # first: a busy port fails before any actor or instance runs
             self._metrics_server = await MetricsServer.start(self.metrics_registry, host, port)
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._system = ActorSystem(clock=self.clock)
         self._services = Services(
             self._system,
@@ -769,6 +773,14 @@ class Runtime:
     def _not_found(self, name: str) -> str:
         known = ", ".join(sorted(self._functions)) or "none"
         return f"no function named {name!r} is registered (registered: {known}); register it first"
+
+    def client(self) -> RuntimeClient:
+        """Blocking ``invoke``, ``get``, ``wait``, ``stop``, ``list`` and ``rerun`` for plain
+        threaded code (a Flask view, a script) while this runtime runs on its loop in
+        another thread. See :func:`runtime.start_in_thread` to run it that way."""
+        if self._state != "started" or self._loop is None:
+            raise self._closed_error()
+        return RuntimeClient(self, self._loop, self._loop_thread)
 
     def _check_running(self) -> None:
         """Refuse a call before ``start``, after ``close``, or from another event loop."""

@@ -429,6 +429,23 @@ def test_the_threaded_client_from_plain_threads() -> None:
         client.get("five")
 
 
+async def test_rt_client_serves_threads_while_the_loop_runs(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    client = rt.client()
+    loop = asyncio.get_running_loop()
+    task_id = await loop.run_in_executor(None, client.invoke, "fn", 7)
+    record = await loop.run_in_executor(None, client.wait, task_id, 5)
+    assert record.result == 7
+    with pytest.raises(WrongThreadError):
+        client.get(task_id)  # on the loop's own thread: refused, not a deadlock
+
+
+def test_rt_client_needs_a_started_runtime() -> None:
+    with pytest.raises(RuntimeClosedError):
+        Runtime().client()
+
+
 def test_start_in_thread_reports_a_failed_start(tmp_path: Any) -> None:
     rt = Runtime(store=f"sqlite:///{tmp_path}/nowhere/x.db")
     with pytest.raises(Exception, match="nowhere"):
