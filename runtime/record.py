@@ -42,6 +42,7 @@ class TaskRecord:
         "_result",
         "attempts",
         "created_at",
+        "due_at",
         "ended_at",
         "error",
         "function",
@@ -71,6 +72,7 @@ class TaskRecord:
         self.attempts = 0
         self.retries = 0
         self.created_at = created_at
+        self.due_at: float | None = None  # a delayed task: not dequeued before (epoch s)
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.instance_id: str | None = None
@@ -132,6 +134,7 @@ class TaskRecord:
         clone.attempts = self.attempts
         clone.retries = self.retries
         clone.created_at = self.created_at
+        clone.due_at = self.due_at
         clone.started_at = self.started_at
         clone.ended_at = self.ended_at
         clone.instance_id = self.instance_id
@@ -150,6 +153,7 @@ class TaskRecord:
             "attempts": self.attempts,
             "retries": self.retries,
             "created_at": self.created_at,
+            "due_at": self.due_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "instance_id": self.instance_id,

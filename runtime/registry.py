@@ -50,6 +50,7 @@ class Services:
         "background",
         "changed",
         "clock",
+        "invoke_destination",
         "now",
         "random",
         "slot_free",
@@ -69,6 +70,7 @@ class Services:
         task_finished: Callable[[TaskRecord, FunctionEntry], None],
         rng: random.Random,
         waits: Waits,
+        invoke_destination: Callable[[str, str, bytes, str], str],
     ) -> None:
         self.system = system
         self.clock = clock
@@ -80,6 +82,8 @@ class Services:
         self.task_finished = task_finished
         self.random = rng
         self.watched = waits.watched  # task id -> watchers: non-empty only while someone watches
+        # (function, task id, payload, source task id) -> what the source's event says
+        self.invoke_destination = invoke_destination
         self.changed = waits.changed
         # What an instance calls (with ActorRef.send) when an attempt ends: the task's
         # and the pool's methods, handed over here so instance kinds need neither class.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 import gc
 import logging
 import math
@@ -121,6 +122,7 @@ class Runtime:
         self._live: dict[str, ActorRef] = {}  # task id -> actor, while the task is not terminal
         self._orphans: dict[str, builtins.list[TaskRecord]] = {}  # recovered, function unknown
         self._waits = Waits()
+        self._delivering: Counter[str] = Counter()  # destination tasks being stored, by function
         self._last_created = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -211,6 +213,7 @@ class Runtime:
             self._task_finished,
             self._random,
             self._waits,
+            self._invoke_destination,
         )
         self._supervisor = self._system.spawn(
             SupervisorActor, self.tick_interval, name="supervisor"
@@ -532,7 +535,7 @@ class Runtime:
                 )
             if delay is not None:
                 _check_delay(delay, config.max_delay, name)
-            record = await self._store_new(name, data, task_id, note)
+            record = await self._store_new(name, data, task_id, note, delay)
         except StintError as error:
             self._count_rejected(name, error)
             raise
@@ -547,6 +550,10 @@ class Runtime:
         metrics = entry.metrics
         metrics.submitted += 1
         metrics.entered[_ENQUEUED] += 1
+        if delay:
+            # held back by the pool until it is due (one timer for all its delayed tasks)
+            entry.pool.send(InstancePoolActor.hold, ref, clock.monotonic() + delay)
+            return task_id
         inbox = entry.inbox
         # no clock read unless the function can expire
         inbox.append((ref, clock.monotonic() if config.max_event_age is not None else None))
@@ -570,23 +577,25 @@ class Runtime:
         return now
 
     async def _store_new(
-        self, name: str, data: bytes, task_id: str | None, note: str
+        self, name: str, data: bytes, task_id: str | None, note: str, delay: float | None
     ) -> TaskRecord:
         """Create and store the Enqueued record; a generated id that is somehow taken (by a
         task from an earlier runtime) is simply generated anew."""
-        if task_id is not None:
-            record = TaskRecord(task_id, name, data, self._created_now(), note=note)
-            pending = self._store.add(record)
-            if pending is not None:
-                await pending
-            return record
         for _ in range(3):
-            record = TaskRecord(self._new_id(), name, data, self._created_now(), note=note)
+            created = self._created_now()
+            due_at = None if delay is None else created + delay
+            first = note if due_at is None else f"{note}; due at {_iso(due_at)} (in {delay:g} s)"
+            record = TaskRecord(
+                self._new_id() if task_id is None else task_id, name, data, created, note=first
+            )
+            record.due_at = due_at
             try:
                 pending = self._store.add(record)
                 if pending is not None:
                     await pending
             except TaskExistsError:
+                if task_id is not None:
+                    raise
                 self._new_id = TaskIdGenerator()  # a fresh random prefix
                 continue
             return record
@@ -603,6 +612,47 @@ class Runtime:
         metrics = self._metrics.get(name) if isinstance(name, str) else None
         counts = metrics.rejected if metrics is not None else self._unknown_rejected
         counts[reason] += 1
+
+    def _invoke_destination(self, name: str, task_id: str, payload: bytes, source: str) -> str:
+        """A task ended with a destination: check it now (the source's event says what
+        happens), then store the destination's task in the background."""
+        if self._state != "started":
+            return f"not invoked: the runtime is {self._state}"
+        if name not in self._functions:
+            logger.warning(
+                "stint: task %s ended, but its destination %r is not registered: not invoked",
+                source,
+                name,
+            )
+            return f"not invoked: no function named {name!r} is registered"
+        if len(payload) > self.max_payload_bytes:
+            logger.warning("stint: the destination payload of task %s is too large", source)
+            return (
+                f"not invoked: the payload for {name!r} is {len(payload)} bytes, over "
+                f"max_payload_bytes={self.max_payload_bytes}"
+            )
+        self._delivering[name] += 1  # join() counts it as unfinished already
+        self._background.start(
+            self._deliver_destination(name, task_id, payload, source), f"stint-dest-{task_id}"
+        )
+        return f"invoking {name!r} as task {task_id}"
+
+    async def _deliver_destination(
+        self, name: str, task_id: str, payload: bytes, source: str
+    ) -> None:
+        try:
+            await self._accept(
+                name, payload, NOT_DECODED, task_id, note=f"accepted: destination of {source}"
+            )
+        except TaskExistsError:
+            logger.info("stint: destination task %s exists already: not invoked twice", task_id)
+        except StintError as error:
+            logger.warning("stint: destination task %s was not stored: %s", task_id, error)
+        finally:
+            self._delivering[name] -= 1
+            if not self._delivering[name]:
+                del self._delivering[name]
+                self._waits.idle(self._idle)
 
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
         self._live.pop(record.task_id, None)
@@ -625,9 +675,9 @@ class Runtime:
 
     def _idle(self, name: str | None) -> bool:
         if name is None:
-            return not self._live
+            return not self._live and not self._delivering
         entry = self._functions.get(name)
-        return entry is None or entry.live == 0
+        return (entry is None or entry.live == 0) and name not in self._delivering
 
     async def get(self, task_id: str) -> TaskRecord:
         """The task's record (a snapshot); raises :class:`TaskNotFoundError`."""
@@ -801,6 +851,10 @@ class Runtime:
         return RuntimeClosedError(
             f"the runtime is {self._state}; create a new Runtime to run tasks"
         )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def _check_delay(delay: object, max_delay: float, name: str) -> None:

@@ -16,7 +16,8 @@ from .record import ErrorInfo, TaskRecord
 from .states import NAME, TaskState
 
 RECORD_TAG = "task-record"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2 added due_at; version 1 records are still read
+_FIELDS = {1: 15, 2: 16}
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
@@ -47,6 +48,7 @@ def pack_record(record: TaskRecord) -> bytes:
             record.ended_at,
             record.instance_id,
             record.raw_events(),
+            record.due_at,
         )
     )
     return data
@@ -75,15 +77,19 @@ def unpack_record(data: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> TaskReco
 
 
 def _record_from(fields: Any) -> TaskRecord:
-    if not isinstance(fields, tuple) or len(fields) != 15 or fields[0] != RECORD_TAG:
+    if not isinstance(fields, tuple) or len(fields) < 2 or fields[0] != RECORD_TAG:
         raise WireFormatError("not a task record (wrong type tag or shape)")
-    if fields[1] != RECORD_VERSION:
+    version = fields[1]
+    if version not in _FIELDS:
         raise WireFormatError(
-            f"task record version {fields[1]} is not supported (this stint reads version "
-            f"{RECORD_VERSION}); upgrade stint to read it"
+            f"task record version {version!r} is not supported (this stint reads versions "
+            f"1 to {RECORD_VERSION}); upgrade stint to read it"
         )
+    if len(fields) != _FIELDS[version]:
+        raise WireFormatError(f"not a task record (version {version} with {len(fields)} fields)")
     (_, _, task_id, function, status, payload, result, error, attempts, retries,
-     created_at, started_at, ended_at, instance_id, events) = fields  # fmt: skip
+     created_at, started_at, ended_at, instance_id, events) = fields[:15]  # fmt: skip
+    due_at = fields[15] if version >= 2 else None
     record = TaskRecord(task_id, function, payload, created_at, events=[])
     record.status = _STATES[status]
     record.result_bytes = result
@@ -93,5 +99,6 @@ def _record_from(fields: Any) -> TaskRecord:
     record.started_at = started_at
     record.ended_at = ended_at
     record.instance_id = instance_id
+    record.due_at = due_at
     record.load_raw_events(events)
     return record

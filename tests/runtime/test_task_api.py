@@ -450,3 +450,243 @@ def test_start_in_thread_reports_a_failed_start(tmp_path: Any) -> None:
     rt = Runtime(store=f"sqlite:///{tmp_path}/nowhere/x.db")
     with pytest.raises(Exception, match="nowhere"):
         start_in_thread(rt)
+
+
+# --- delayed invocation ------------------------------------------------------------------
+
+
+async def test_a_delayed_task_waits_until_it_is_due(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    rt = await make_runtime(clock=clock)
+    calls: list[float] = []
+
+    async def record_time(event: Any, ctx: Any) -> None:
+        calls.append(clock.time())
+
+    rt.register("fn", record_time)
+    start = clock.time()
+    task_id = await rt.invoke("fn", delay=30)
+    record = await rt.get(task_id)
+    assert record.status is S.ENQUEUED and record.due_at == pytest.approx(start + 30)
+    assert "due at" in record.events[0].detail and "in 30 s" in record.events[0].detail
+    clock.advance(29)
+    await asyncio.sleep(0.02)
+    assert calls == [] and (await rt.get(task_id)).status is S.ENQUEUED
+    clock.advance(1)
+    done = await rt.wait(task_id, timeout=5)
+    assert done.status is S.SUCCEEDED and calls == [pytest.approx(start + 30)]
+    assert done.events[1].timestamp >= start + 30  # dequeued no earlier than due
+
+
+async def test_max_event_age_counts_from_the_due_time(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    rt = await make_runtime(clock=clock)
+    gate = Gate()
+
+    async def handler(event: Any, ctx: Any) -> None:
+        if event == "block":
+            await gate.wait()
+
+    rt.register("fn", handler, max_instances=1, max_event_age=10)
+    blocker = await rt.invoke("fn", "block")
+    await until_status(rt, blocker, S.RUNNING)
+    late = await rt.invoke("fn", "x", delay=100)
+    clock.advance(105)  # due 5 s ago, though accepted 105 s ago
+    await asyncio.sleep(0.02)
+    gate.open()
+    assert (await rt.wait(late, timeout=5)).status is S.SUCCEEDED
+
+
+async def test_a_delayed_task_can_be_stopped_and_never_runs(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    rt = await make_runtime(clock=clock)
+    calls: list[Any] = []
+
+    async def handler(event: Any, ctx: Any) -> None:
+        calls.append(event)
+
+    rt.register("fn", handler)
+    task_id = await rt.invoke("fn", 1, delay=60)
+    record = await rt.stop(task_id)
+    assert [str(e.status) for e in record.events] == ["Enqueued", "Stopping", "Stopped"]
+    clock.advance(61)
+    await asyncio.sleep(0.02)
+    assert calls == []
+
+
+@pytest.mark.parametrize("delay", [-1, 3601, float("nan"), "5", True])
+async def test_delay_is_checked(make_runtime: RuntimeFactory, delay: Any) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    with pytest.raises(ConfigError, match="delay="):
+        await rt.invoke("fn", delay=delay)
+    assert not await rt.list()  # nothing stored
+
+
+async def test_max_delay_is_a_function_setting(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    rt = await make_runtime(clock=clock)
+    rt.register("fn", echo, max_delay=86_400)
+    task_id = await rt.invoke("fn", delay=86_400)
+    assert (await rt.get(task_id)).status is S.ENQUEUED
+    with pytest.raises(ConfigError, match="max_delay"):
+        Runtime().register("fn", echo, max_delay=-1)
+
+
+async def test_many_delayed_tasks_cost_no_timer_each(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime(store="memory://")  # the timers do not depend on the store
+    rt.register("fn", echo, max_queued=20_000)
+    for i in range(5_000):
+        await rt.invoke("fn", i, delay=100 + (i % 50))
+    assert rt.actor_system is not None
+    assert len(rt.actor_system.scheduler) < 10  # one timer per pool, whatever the count
+
+
+async def test_a_delayed_task_survives_a_restart_with_the_same_due_time(
+    tmp_path: Any,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'delayed.db'}"
+    first_clock = ManualClock(start=1_800_000_000.0)
+    async with Runtime(store=url, clock=first_clock, tick_interval=0.01) as rt:
+        rt.register("fn", echo)
+        task_id = await rt.invoke("fn", 7, delay=100)
+        due_at = (await rt.get(task_id)).due_at
+    later = ManualClock(start=1_800_000_050.0)  # restarted 50 s later: 50 s to go
+    async with Runtime(store=url, clock=later, tick_interval=0.01) as rt:
+        rt.register("fn", echo)
+        record = await rt.get(task_id)
+        assert record.due_at == due_at and record.status is S.ENQUEUED
+        later.advance(49)
+        await asyncio.sleep(0.05)
+        assert (await rt.get(task_id)).status is S.ENQUEUED
+        later.advance(2)
+        done = await rt.wait(task_id, timeout=5)
+        assert done.status is S.SUCCEEDED and done.result == 7
+
+
+# --- destinations ------------------------------------------------------------------------
+
+
+async def test_on_success_invokes_the_destination_once_with_the_result(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = await make_runtime()
+    got: list[Any] = []
+
+    async def sink(event: Any, ctx: Any) -> None:
+        got.append((ctx.task_id, event))
+
+    rt.register("sink", sink)
+    rt.register("fn", echo, on_success="sink")
+    task_id = await rt.invoke("fn", {"x": 1}, task_id="src")
+    record = await rt.wait(task_id, timeout=5)
+    assert record.events[-1].detail == "on_success: invoking 'sink' as task src.on_success"
+    assert (await rt.wait("src.on_success", timeout=5)).status is S.SUCCEEDED
+    assert got == [
+        (
+            "src.on_success",
+            {
+                "task_id": "src",
+                "function": "fn",
+                "status": "Succeeded",
+                "result": {"x": 1},
+                "attempts": 1,
+            },
+        )
+    ]
+    first = await rt.get("src.on_success")
+    assert first.events[0].detail == "accepted: destination of src"
+
+
+async def test_on_failure_covers_failed_expired_and_invalid(
+    make_runtime: RuntimeFactory, clock: ManualClock
+) -> None:
+    rt = await make_runtime(clock=clock)
+    got: dict[str, Any] = {}
+    gate = Gate()
+
+    async def sink(event: Any, ctx: Any) -> None:
+        got[event["task_id"]] = event
+
+    async def broken(event: Any, ctx: Any) -> None:
+        if event == "block":
+            await gate.wait()
+            return
+        raise NonRetryableError("bad input")
+
+    rt.register("sink", sink)
+    rt.register("fn", broken, on_failure="sink", max_instances=1, max_event_age=5)
+    await rt.wait(await rt.invoke("fn", "x", task_id="failed"), timeout=5)
+    await until_status(rt, await rt.invoke("fn", "block", task_id="blocker"), S.RUNNING)
+    await rt.invoke("fn", "x", task_id="expired")
+    clock.advance(6)
+    gate.open()
+    await rt.wait("expired", timeout=5)
+    await rt.join()
+    assert got["failed"]["error"]["type"] == "NonRetryableError"
+    assert got["failed"]["status"] == "Failed" and got["failed"]["attempts"] == 1
+    assert (
+        got["expired"]["status"] == "Expired"
+        and "max_event_age" in got["expired"]["error"]["message"]
+    )
+    assert "blocker" not in got  # it succeeded: no on_success configured
+    gate2 = Gate()
+    rt.register("doomed", gate2.handler, on_failure="sink", max_instances=1)
+    await until_status(rt, await rt.invoke("doomed", task_id="running"), S.RUNNING)
+    await rt.invoke("doomed", task_id="invalid")
+    rt.unregister("doomed")
+    assert (await rt.wait("invalid", timeout=5)).status is S.INVALID
+    gate2.open()
+    await rt.join()
+    assert (
+        got["invalid"]["status"] == "Invalid"
+        and "unregistered" in got["invalid"]["error"]["message"]
+    )
+
+
+async def test_a_missing_destination_is_an_event_not_an_error(
+    make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = await make_runtime()
+    rt.register("fn", echo, on_success="gone")
+    record = await rt.wait(await rt.invoke("fn", 1), timeout=5)
+    assert record.status is S.SUCCEEDED
+    assert "not invoked: no function named 'gone'" in record.events[-1].detail
+    assert "not registered" in caplog.text
+
+
+async def test_a_destination_runs_at_most_once(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    got: list[Any] = []
+
+    async def sink(event: Any, ctx: Any) -> None:
+        got.append(event)
+
+    rt.register("sink", sink)
+    rt.register("fn", echo, on_success="sink")
+    await rt.invoke("sink", "by hand", task_id="src.on_success")  # the derived id is taken
+    await rt.wait(await rt.invoke("fn", 1, task_id="src"), timeout=5)
+    await rt.join()
+    assert got == ["by hand"]
+
+
+async def test_a_stopped_task_has_no_destination(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime()
+    gate = Gate()
+    rt.register("sink", echo)
+    rt.register("fn", gate.handler, on_failure="sink", on_success="sink")
+    task_id = await rt.invoke("fn")
+    await until_status(rt, task_id, S.RUNNING)
+    record = await rt.stop(task_id)
+    assert "on_" not in record.events[-1].detail
+    await rt.join()
+    assert [r.function for r in await rt.list()] == ["fn"]
+
+
+def test_destinations_must_be_function_names() -> None:
+    with pytest.raises(ConfigError, match="on_success"):
+        Runtime().register("fn", echo, on_success=echo)
