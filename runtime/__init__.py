@@ -54,6 +54,7 @@ _LAZY = {
     "InstanceInfo": ".instances",
     "InstanceEvent": ".instances",
     "TaskList": ".listing",
+    "NodeInfo": ".nodes",
     "RuntimeClient": ".client",
     "RuntimeThread": ".client",
     "start_in_thread": ".client",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from .context import InstanceContext, TaskContext
     from .instances import InstanceEvent, InstanceInfo
     from .listing import TaskList
+    from .nodes import NodeInfo
     from .record import ErrorInfo, TaskEvent, TaskRecord
     from .runtime import Runtime
     from .states import TRANSITIONS, InstanceState, TaskState
@@ -101,6 +103,7 @@ __all__ = [
     "InstanceState",
     "InvalidTaskIdError",
     "ManualClock",
+    "NodeInfo",
     "NonRetryableError",
     "PayloadError",
     "PayloadTooLargeError",

@@ -8,7 +8,9 @@ import datetime
 import gc
 import logging
 import math
+import os
 import random
+import socket
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -59,6 +61,7 @@ from .metrics import (
     rejection_reason,
 )
 from .metrics_server import MetricsServer
+from .nodes import NodeInfo, check_node_id, default_node_id
 from .pool import InstancePoolActor
 from .record import TaskEvent, TaskRecord
 from .registry import FunctionEntry, Services
@@ -97,6 +100,7 @@ class Runtime:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         gc_threshold: int | None = None,
+        node_id: str | None = None,
     ) -> None:
         if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
@@ -111,6 +115,9 @@ class Runtime:
                 "generation-0 threshold while the runtime runs), or None to leave it alone"
             )
         self._gc = _GcThreshold(gc_threshold)
+        #: This runtime's name as a node (of a cluster, on a shared store).
+        self.node_id = default_node_id() if node_id is None else check_node_id(node_id)
+        self._started_at = 0.0
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.tick_interval = tick_interval
@@ -204,6 +211,7 @@ class Runtime:
             self._metrics_server = await MetricsServer.start(self.metrics_registry, host, port)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._started_at = self.clock.time()
         self._system = ActorSystem(clock=self.clock)
         self._services = Services(
             self._system,
@@ -801,13 +809,55 @@ class Runtime:
 
     async def instances(self, name: str) -> builtins.list[InstanceInfo]:
         """What the pool of ``name`` holds: id, state, in-flight count, times, tasks served."""
+        self._check_running()
         entry = self._functions.get(name)
         if entry is None:
             raise FunctionNotFoundError(self._not_found(name))
-        if self._state != "started" or entry.pool is None:
-            raise self._closed_error()
+        assert entry.pool is not None
         result: builtins.list[InstanceInfo] = await entry.pool.ask(DescribeInstances())
         return result
+
+    async def function_stats(self) -> dict[str, dict[str, Any]]:
+        """Per registered function, what an operator looks at first: ``kind``, ``queued``
+        (accepted, not yet dequeued), ``running`` (attempts under way), ``unfinished``
+        (every task not terminal) and ``instances`` (a count per instance state)."""
+        self._check_running()
+        stats: dict[str, dict[str, Any]] = {}
+        for name, entry in list(self._functions.items()):
+            assert entry.pool is not None
+            infos: builtins.list[InstanceInfo] = await entry.pool.ask(DescribeInstances())
+            running: int = await entry.pool.ask(Running())
+            stats[name] = {
+                "kind": entry.spec.config.kind,
+                "queued": entry.queued,
+                "running": running,
+                "unfinished": entry.live,
+                "instances": dict(Counter(str(info.state) for info in infos)),
+            }
+        return stats
+
+    async def nodes(self) -> builtins.list[NodeInfo]:
+        """The live nodes of this runtime's cluster; on a store that is not shared, just
+        this runtime (``rt.store.shared`` says which)."""
+        self._check_running()
+        now = self.clock.time()
+        in_flight = sum(entry.live for entry in self._functions.values())
+        return [
+            NodeInfo(
+                self.node_id,
+                socket.gethostname(),
+                os.getpid(),
+                self._started_at,
+                now,
+                tuple(sorted(self._functions)),
+                in_flight,
+            )
+        ]
+
+    async def ping_store(self) -> None:
+        """Check the store answers (for readiness probes); raises :class:`StoreError` if not."""
+        self._check_running()
+        await self._store.ping()
 
     # helpers ----------------------------------------------------------------------------
 

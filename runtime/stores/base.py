@@ -21,6 +21,8 @@ class Store(Protocol):
     url: str
     #: True when accepted tasks survive the process (what close() tells users).
     durable: bool
+    #: True when several runtimes share it (a cluster of nodes): False for memory, sqlite.
+    shared: bool
     #: False when the store keeps the live record object, so ``update`` has nothing to do.
     writes_updates: bool
 
@@ -29,6 +31,10 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` unless the store answers now (readiness)."""
+        ...
 
     def add(self, record: TaskRecord) -> Awaitable[None] | None:
         """Store a new Enqueued record; raises ``TaskExistsError`` if its id is taken."""

@@ -32,6 +32,7 @@ class MemoryStore:
     """
 
     durable = False
+    shared = False
     writes_updates = False
 
     def __init__(
@@ -61,6 +62,9 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    async def ping(self) -> None:
+        return None  # in this process: it always answers
 
     def add(self, record: TaskRecord) -> None:
         if record.task_id in self._records:

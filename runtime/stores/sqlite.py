@@ -70,6 +70,7 @@ class SQLiteStore:
     """Task records in one SQLite file; see docs/stores.md for what survives what."""
 
     durable = True
+    shared = False
     writes_updates = True
 
     def __init__(
@@ -127,6 +128,17 @@ class SQLiteStore:
         await self.flush()
         await self._shutdown_threads()
         self._release_lock()
+
+    async def ping(self) -> None:
+        if self._reader is None:
+            raise StoreError(f"the store {self.url} is not open")
+        try:
+            await self._in(self._reader, self._select_one)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path} does not answer: {exc}") from None
+
+    def _select_one(self) -> None:
+        self._connection().execute("SELECT 1").fetchone()
 
     def _take_lock(self) -> None:
         lock_path = self.path + ".lock"

@@ -690,3 +690,35 @@ async def test_a_stopped_task_has_no_destination(make_runtime: RuntimeFactory) -
 def test_destinations_must_be_function_names() -> None:
     with pytest.raises(ConfigError, match="on_success"):
         Runtime().register("fn", echo, on_success=echo)
+
+
+# --- what operators and the service read ---------------------------------------------------
+
+
+async def test_function_stats_nodes_and_ping(make_runtime: RuntimeFactory) -> None:
+    rt = await make_runtime(node_id="node-a")
+    gate = Gate()
+    rt.register("fn", gate.handler, max_instances=1)
+    running = await rt.invoke("fn")
+    await until_status(rt, running, S.RUNNING)
+    await rt.invoke("fn")
+    stats = await rt.function_stats()
+    assert stats["fn"] == {
+        "kind": "async",
+        "queued": 1,
+        "running": 1,
+        "unfinished": 2,
+        "instances": {"Busy": 1},
+    }
+    [node] = await rt.nodes()
+    assert node.node_id == "node-a" and node.functions == ("fn",) and node.in_flight == 2
+    assert rt.store.shared is False
+    await rt.ping_store()
+    gate.open()
+    await rt.join()
+
+
+def test_node_id_is_checked() -> None:
+    with pytest.raises(ConfigError, match="node_id"):
+        Runtime(node_id="bad id")
+    assert Runtime().node_id.count("-") >= 2  # host-pid-random
