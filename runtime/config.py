@@ -14,7 +14,7 @@ from .errors import ConfigError
 KINDS = ("async", "thread", "process")
 _PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HOOKS = ("initializer", "pre_freeze", "pre_stop")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
 
 Hook = Callable[[Any], Any]
 
@@ -82,7 +82,7 @@ def make_spec(
 
 
 def check_name(name: object) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
         raise ConfigError(
             f"function name {name!r} is not valid: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or '_'"
