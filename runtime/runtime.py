@@ -145,7 +145,17 @@ class Runtime:
                 f"this runtime is {self._state}; create a new Runtime to start again"
             )
         self._system = ActorSystem(clock=self.clock)
-        recovered = await self._store.open()
+        recovered = await self._store.open()  # on failure it released what it took
+        try:
+            await self._start_on(recovered)
+        except BaseException:
+            # The store is open (a file lock, threads): undo it all, as close() does.
+            self._state = "started"
+            await self.close()
+            raise
+
+    async def _start_on(self, recovered: builtins.list[TaskRecord]) -> None:
+        assert self._system is not None
         self._services = Services(
             self._system,
             self.clock,

@@ -21,6 +21,8 @@ class Store(Protocol):
     url: str
     #: False when the store keeps the live record object, so ``update`` has nothing to do.
     writes_updates: bool
+    #: Damaged records this store moved aside (and skipped) since it opened.
+    quarantined: int
 
     async def open(self) -> list[TaskRecord]:
         """Open the store; returns the unfinished records to recover (none for memory)."""
@@ -40,7 +42,9 @@ class Store(Protocol):
         """The record is terminal: from now on retention rules apply to it."""
         ...
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, None if unknown; ``TaskNotFoundError`` if it was quarantined."""
+        ...
 
     async def list(
         self,

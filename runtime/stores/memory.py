@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from actors import Clock
 
-from ..errors import TaskExistsError
+from ..errors import TaskExistsError, TaskNotFoundError
 from ..record import TaskRecord
 from ..states import NAME, TaskState
-from ..wire import pack_record, unpack_record
+from ..wire import WireFormatError, pack_record, unpack_record
+
+logger = logging.getLogger("stint")
 
 # A finished record is kept as (function, status, packed bytes): a tuple of atomic
 # values, which the garbage collector stops tracking, and ~200 bytes of payload.
@@ -40,6 +43,8 @@ class MemoryStore:
         self.url = url
         self.max_records = max_records
         self.max_age = max_age
+        #: Packed records that did not unpack (a bug): dropped, counted and logged.
+        self.quarantined = 0
         self._clock = clock
         self._records: dict[str, TaskRecord | Finished] = {}
         self._ended: deque[tuple[float, str]] = deque()  # (monotonic end, task id), oldest first
@@ -65,16 +70,53 @@ class MemoryStore:
         return None  # the dict holds the very object the task actor changes
 
     def finished(self, record: TaskRecord) -> None:
-        self._records[record.task_id] = (record.function, NAME[record.status], pack_record(record))
+        """Pack the record for retention; one that cannot be packed is kept whole instead.
+
+        Never raises: the runtime wakes the task's waiters right after this call.
+        """
+        try:
+            self._records[record.task_id] = (
+                record.function,
+                NAME[record.status],
+                pack_record(record),
+            )
+        except Exception as exc:  # a bug in a field: keep the record readable all the same
+            logger.error(
+                "stint memory store: task %s cannot be packed (%r); it is kept unpacked",
+                record.task_id,
+                exc,
+            )
         self._ended.append((self._clock.monotonic(), record.task_id))
         if len(self._ended) > self.max_records:
             self._drop(len(self._ended) - self.max_records)
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None if unknown; raises ``TaskNotFoundError`` if it was quarantined."""
         found = self._records.get(task_id)
         if found is None or isinstance(found, TaskRecord):
             return found
-        return unpack_record(found[2])
+        record = self._unpack(task_id, found)
+        if record is None:
+            self._quarantine([task_id])
+            raise TaskNotFoundError(
+                f"task {task_id!r} was quarantined: its kept record is damaged (see the log); "
+                "invoke it again if the work must still be done"
+            )
+        return record
+
+    def _unpack(self, task_id: str, entry: Finished) -> TaskRecord | None:
+        """The packed record, or None (logged) if it does not unpack."""
+        try:
+            return unpack_record(entry[2])
+        except WireFormatError as exc:
+            logger.warning("stint memory store: task %r quarantined: %s", task_id, exc)
+            return None
+
+    def _quarantine(self, task_ids: list[str]) -> None:
+        """Drop records that do not unpack, and count them (nothing to keep them in)."""
+        for task_id in task_ids:
+            del self._records[task_id]
+        self.quarantined += len(task_ids)
 
     async def list(
         self,
@@ -88,6 +130,7 @@ class MemoryStore:
         if limit <= 0:
             return found
         # insertion order is creation order, so walking backwards is newest first
+        damaged: list[str] = []
         for task_id, entry in reversed(self._records.items()):
             if prefix is not None and not task_id.startswith(prefix):
                 continue
@@ -99,9 +142,14 @@ class MemoryStore:
                 status is not None and state != status
             ):
                 continue
-            found.append(entry if isinstance(entry, TaskRecord) else unpack_record(entry[2]))
+            record = entry if isinstance(entry, TaskRecord) else self._unpack(task_id, entry)
+            if record is None:
+                damaged.append(task_id)
+                continue
+            found.append(record)
             if len(found) >= limit:
                 break
+        self._quarantine(damaged)
         return found
 
     def evict(self) -> int:
