@@ -14,7 +14,7 @@ from .errors import ConfigError, NonRetryableError
 KINDS = ("async", "thread", "process")
 _PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HOOKS = ("initializer", "pre_freeze", "pre_stop")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
 
 Hook = Callable[[Any], Any]
 

@@ -25,6 +25,8 @@ class Store(Protocol):
     shared: bool
     #: False when the store keeps the live record object, so ``update`` has nothing to do.
     writes_updates: bool
+    #: Damaged records this store moved aside (and skipped) since it opened.
+    quarantined: int
 
     async def open(self) -> list[TaskRecord]:
         """Open the store; returns the unfinished records to recover (none for memory)."""
@@ -48,7 +50,9 @@ class Store(Protocol):
         """The record is terminal: from now on retention rules apply to it."""
         ...
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, None if unknown; ``TaskNotFoundError`` if it was quarantined."""
+        ...
 
     async def list(self, query: Query) -> list[TaskRecord]:
         """Up to ``query.limit + 1`` records matching every filter, in the query's order

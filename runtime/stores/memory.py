@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import deque
 
 from actors import Clock
 
-from ..errors import TaskExistsError
+from ..errors import TaskExistsError, TaskNotFoundError
 from ..listing import Key, Query
 from ..record import TaskRecord
 from ..states import NAME
-from ..wire import pack_record, unpack_record
+from ..wire import WireFormatError, pack_record, unpack_record
 
+logger = logging.getLogger("stint")
+
+_DAMAGED = TaskRecord("_damaged", "_", b"\xc0", 0.0)  # a marker: a record that won't unpack
 _AFTER_ANY_ID = "\U0010ffff"  # sorts after every task id: (t, this) follows all keys at t
 
 # A finished record is kept as (function, status, created_at, packed bytes): a tuple of
@@ -46,6 +50,8 @@ class MemoryStore:
         self.url = url
         self.max_records = max_records
         self.max_age = max_age
+        #: Packed records that did not unpack (a bug): dropped, counted and logged.
+        self.quarantined = 0
         self._clock = clock
         self._records: dict[str, TaskRecord | Finished] = {}
         self._ended: deque[tuple[float, str]] = deque()  # (monotonic end, task id), oldest first
@@ -84,21 +90,54 @@ class MemoryStore:
         return None  # the dict holds the very object the task actor changes
 
     def finished(self, record: TaskRecord) -> None:
-        self._records[record.task_id] = (
-            record.function,
-            NAME[record.status],
-            record.created_at,
-            pack_record(record),
-        )
+        """Pack the record for retention; one that cannot be packed is kept whole instead.
+
+        Never raises: the runtime wakes the task's waiters right after this call.
+        """
+        try:
+            self._records[record.task_id] = (
+                record.function,
+                NAME[record.status],
+                record.created_at,
+                pack_record(record),
+            )
+        except Exception as exc:  # a bug in a field: keep the record readable all the same
+            logger.error(
+                "stint memory store: task %s cannot be packed (%r); it is kept unpacked",
+                record.task_id,
+                exc,
+            )
         self._ended.append((self._clock.monotonic(), record.task_id))
         if len(self._ended) > self.max_records:
             self._drop(len(self._ended) - self.max_records)
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None if unknown; raises ``TaskNotFoundError`` if it was quarantined."""
         found = self._records.get(task_id)
         if found is None or isinstance(found, TaskRecord):
             return found
-        return unpack_record(found[3])
+        record = self._unpack(task_id, found)
+        if record is None:
+            self._quarantine([task_id])
+            raise TaskNotFoundError(
+                f"task {task_id!r} was quarantined: its kept record is damaged (see the log); "
+                "invoke it again if the work must still be done"
+            )
+        return record
+
+    def _unpack(self, task_id: str, entry: Finished) -> TaskRecord | None:
+        """The packed record, or None (logged) if it does not unpack."""
+        try:
+            return unpack_record(entry[3])
+        except WireFormatError as exc:
+            logger.warning("stint memory store: task %r quarantined: %s", task_id, exc)
+            return None
+
+    def _quarantine(self, task_ids: list[str]) -> None:
+        """Drop records that do not unpack, and count them (nothing to keep them in)."""
+        for task_id in task_ids:
+            del self._records[task_id]
+        self.quarantined += len(task_ids)
 
     async def list(self, query: Query) -> list[TaskRecord]:
         """Up to ``query.limit + 1`` matching records, in the query's order."""
@@ -119,15 +158,21 @@ class MemoryStore:
             positions = range(lo, hi)
         found: list[TaskRecord] = []
         wanted = query.limit + 1
+        damaged: list[str] = []
         for position in positions:
-            record = self._matching(order[position], query)
-            if record is not None:
+            key = order[position]
+            record = self._matching(key, query)
+            if record is _DAMAGED:
+                damaged.append(key[1])
+            elif record is not None:
                 found.append(record)
                 if len(found) >= wanted:
                     break
+        self._quarantine(damaged)
         return found
 
     def _matching(self, key: Key, query: Query) -> TaskRecord | None:
+        """The record at ``key`` if it matches, None if not, ``_DAMAGED`` if it won't unpack."""
         created_at, task_id = key
         entry = self._records.get(task_id)
         if entry is None or (query.prefix is not None and not task_id.startswith(query.prefix)):
@@ -136,14 +181,15 @@ class MemoryStore:
             if entry.created_at != created_at:
                 return None  # a stale key of an id used again
             return entry if query.matches(entry) else None
-        function, status, created, blob = entry
+        function, status, created, _ = entry
         if created != created_at:
             return None
         if (query.function is not None and function != query.function) or (
             query.status is not None and status != query.status
         ):
             return None
-        return unpack_record(blob)
+        record = self._unpack(task_id, entry)
+        return _DAMAGED if record is None else record
 
     def evict(self) -> int:
         ended = self._ended
