@@ -12,7 +12,7 @@ from typing import Any
 from .errors import ConfigError, NonRetryableError
 
 KINDS = ("async", "thread", "process")
-_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_PATH_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _HOOKS = ("initializer", "pre_freeze", "pre_stop")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
 
@@ -278,7 +278,7 @@ def _process_paths(name: str, handler: object, config: FunctionConfig) -> dict[s
 
 def _path_of(name: str, what: str, target: object) -> str:
     if isinstance(target, str):
-        if not _PATH_RE.match(target):
+        if not _PATH_RE.fullmatch(target):
             raise ConfigError(
                 f"{what} of {name!r} is {target!r}; kind='process' names code by import path, "
                 "like 'package.module:function'"

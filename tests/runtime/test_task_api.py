@@ -722,3 +722,8 @@ def test_node_id_is_checked() -> None:
     with pytest.raises(ConfigError, match="node_id"):
         Runtime(node_id="bad id")
     assert Runtime().node_id.count("-") >= 2  # host-pid-random
+
+
+def test_an_import_path_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ConfigError, match="import path"):
+        Runtime().register("fn", "tests.runtime.kind_handlers:echo\n", kind="process")
