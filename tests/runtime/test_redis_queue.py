@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runtime.stores.redis import FINAL, UNQUEUE, QueueStats, scripts
+from runtime.stores.redis import ACK, FINAL, UNQUEUE, QueueStats, scripts
 from tests.runtime.redis_helpers import open_nodes
 
 pytestmark = pytest.mark.redis
@@ -246,3 +246,43 @@ async def test_stats_and_due_count(redis_url: str) -> None:
         assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=2, pending=1)}
         assert await a.queue.due_count() == 1
         assert await a.queue.stats([]) == {}
+
+
+async def test_skipped_entries_do_not_count_against_what_a_fetch_takes(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "s1", "s2", "s3", "t1", "t2", "t3")
+        for task_id in ("s1", "s2", "s3"):  # ended while their entries still wait
+            await a.conn.command("HSET", a.keys.task(task_id), "status", "Stopped")
+        assert [c.task_id for c in await a.fetch("f", 2)] == ["t1", "t2"]
+        # and nothing is left undelivered below the last id a waiter would wait after
+        fetched = await a.queue.fetch({"f": 5})
+        assert [c.task_id for c in fetched.claimed["f"]] == ["t3"]
+        assert await a.queue.wait_for_entries(fetched.last_ids, timeout=0.01) == set()
+
+
+async def test_acknowledged_entries_are_trimmed_behind_the_oldest_pending_one(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", *[f"t{i:04d}" for i in range(1000)])
+        claimed = await a.fetch("f", 1000)
+        stream = a.keys.stream("f")
+        for item in claimed[1:]:  # t0000 runs on: it pins what follows it
+            assert (await a.move(item, "Succeeded", ACK | FINAL)).ok
+        assert await a.conn.command("XLEN", stream) == 1000
+        assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=0, pending=1)}
+        assert (await a.move(claimed[0], "Succeeded", ACK | FINAL)).ok
+        assert await a.conn.command("XLEN", stream) < 100  # whole nodes go
+        await a.invoke("f", "next")
+        assert [c.task_id for c in await a.fetch("f", 5)] == ["next"]
+
+
+async def test_depth_is_counted_when_deletions_hide_the_lag(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1", "t2", "t3", "t4")
+        await a.fetch("f", 1)
+        assert (await a.move(("t3", 0, "Enqueued"), "Stopped", FINAL | UNQUEUE, owner="")).ok
+        assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=2, pending=1)}

@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
+import msgpack
+
 from . import scripts
 from .client import MAX_BLOCK, RedisConnection
 from .keys import GROUP
@@ -137,25 +139,26 @@ class RedisQueue:
         with ``known`` = every task id the node holds, while no fetch is under way.
         Returned tasks come with ``previous_owner`` = this node: recover them.
         """
-        entries: list[Any] = []
+        entries: list[tuple[str, str, str]] = []
         for function in functions:
             entries += await self._own_pending(function, known, page)
-        function_of = {entries[i + 2]: entries[i] for i in range(0, len(entries), 3)}
+        function_of = {task_id: function for function, _, task_id in entries}
         claimed: list[Claimed] = []
-        for start in range(0, len(entries), 3 * page):
-            reply = await self.conn.run(
-                scripts.adopt, [self.keys.base, self.node, *entries[start : start + 3 * page]]
-            )
+        for start in range(0, len(entries), page):
+            chunk = msgpack.packb(entries[start : start + page], use_bin_type=False)
+            reply = await self.conn.run(scripts.adopt, [self.keys.base, self.node, chunk])
             claimed += [
                 dataclasses.replace(item, function=function_of[item.task_id])
                 for item in parse_claimed("", reply)
             ]
         return claimed
 
-    async def _own_pending(self, function: str, known: Container[str], page: int) -> list[str]:
+    async def _own_pending(
+        self, function: str, known: Container[str], page: int
+    ) -> list[tuple[str, str, str]]:
         """(function, entry id, task id) of this node's pending entries it does not hold."""
         stream = self.keys.stream(function)
-        found: list[str] = []
+        found: list[tuple[str, str, str]] = []
         start = "0"
         while True:  # XREADGROUP with an id reads this consumer's own pending entries
             reply = await self.conn.command(
@@ -164,9 +167,9 @@ class RedisQueue:
             entries = _stream_entries(reply)
             for eid, task_id in entries:
                 if task_id is None:  # deleted meanwhile: adopt drops it from the list
-                    found += (function, eid, "")
+                    found.append((function, eid, ""))
                 elif task_id not in known:
-                    found += (function, eid, task_id)
+                    found.append((function, eid, task_id))
             if len(entries) < page:
                 return found
             start = entries[-1][0]
@@ -179,9 +182,8 @@ class RedisQueue:
         reply = await self.conn.run(scripts.queue_stats, [self.keys.base, *names])
         result: dict[str, QueueStats] = {}
         for i, function in enumerate(names):
-            length, pending = int(reply[2 * i]), int(reply[2 * i + 1])
-            # acknowledged entries are deleted, so the stream holds queued + pending ones
-            result[function] = QueueStats(depth=max(0, length - pending), pending=pending)
+            depth, pending = int(reply[2 * i]), int(reply[2 * i + 1])
+            result[function] = QueueStats(depth=depth, pending=pending)
         return result
 
     async def due_count(self) -> int:

@@ -14,6 +14,8 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
+
 from ...errors import ConfigError
 from ...states import TaskState
 from . import scripts
@@ -126,13 +128,13 @@ class RecordStore:
         was stored (or, if the connection broke mid-call, whole chunks of
         ``BATCH`` may have been).
         """
-        calls: builtins.list[builtins.list[Any]] = []
+        calls: builtins.list[tuple[str, bytes]] = []
         for start in range(0, len(tasks), BATCH):
-            args: builtins.list[Any] = [self.keys.base]
-            for task in tasks[start : start + BATCH]:
-                due = "" if task.due_ms is None else int(task.due_ms)
-                args += (task.task_id, task.function, repr(task.created_at), task.blob, due)
-            calls.append(args)
+            items = [
+                (t.task_id, t.function, repr(t.created_at), t.blob, _due(t.due_ms))
+                for t in tasks[start : start + BATCH]
+            ]
+            calls.append((self.keys.base, _pack(items)))
         if len(calls) == 1:
             replies = [await self.conn.run(scripts.invoke_batch, calls[0])]
         else:
@@ -143,16 +145,10 @@ class RecordStore:
         self, items: Sequence[Transition], *, node: str
     ) -> builtins.list[WriteResult]:
         """Apply compare-and-set transitions written by ``node``; one result per item."""
-        calls: builtins.list[builtins.list[Any]] = []
+        calls: builtins.list[tuple[str, str, int, bytes]] = []
         for start in range(0, len(items), BATCH):
-            args: builtins.list[Any] = [self.keys.base, node, self.max_age_ms]
-            for t in items[start : start + BATCH]:
-                due = "" if t.due_ms is None else int(t.due_ms)
-                args += (
-                    t.task_id, t.expect_status, t.expect_owner, t.expect_epoch,
-                    t.new_status, t.blob, t.flags, due, t.token,
-                )  # fmt: skip
-            calls.append(args)
+            packed = [_transition_item(t) for t in items[start : start + BATCH]]
+            calls.append((self.keys.base, node, self.max_age_ms, _pack(packed)))
         if len(calls) == 1:
             replies = [await self.conn.run(scripts.transition_batch, calls[0])]
         else:
@@ -244,6 +240,24 @@ def _stored(task_id: str, values: Sequence[Any]) -> StoredRecord | None:
         epoch=int(epoch),
         stream_id=text(sid),
     )
+
+
+def _transition_item(t: Transition) -> tuple[Any, ...]:
+    return (
+        t.task_id, t.expect_status, t.expect_owner, str(t.expect_epoch),
+        t.new_status, t.blob, t.flags, _due(t.due_ms), t.token,
+    )  # fmt: skip
+
+
+def _due(due_ms: int | None) -> str:
+    return "" if due_ms is None else str(int(due_ms))
+
+
+def _pack(items: builtins.list[Any]) -> bytes:
+    """Items for a script: one msgpack argument (Redis' Lua cmsgpack reads no bin type,
+    so bytes go as raw strings) instead of thousands of arguments to pack one by one."""
+    packed: bytes = msgpack.packb(items, use_bin_type=False)
+    return packed
 
 
 def _bound(value: float | None) -> str:

@@ -53,9 +53,39 @@ local function move_status(id, fn, created, old, new)
   redis.call('ZADD', P .. 'i:fs:' .. fn .. ':' .. new, created, id)
 end
 
-local function drop_entry(q, eid)
+-- Acknowledge an entry. Acknowledged entries are trimmed once per script and stream
+-- (trim_acked), which costs far less than an XDEL per entry.
+local acked = {}
+local function ack(q, eid)
   redis.call('XACK', q, GROUP, eid)
-  redis.call('XDEL', q, eid)
+  acked[q] = true
+end
+
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+
+-- Trim every stream this script acknowledged in: entries below both the oldest pending
+-- one and the group's last delivered one are all acknowledged (whole nodes go: '~').
+local function trim_acked()
+  for q in pairs(acked) do
+    local ok, summary = pcall(redis.call, 'XPENDING', q, GROUP)
+    local groups = ok and redis.call('XINFO', 'GROUPS', q) or {}
+    for _, g in ipairs(groups) do
+      local info = {}
+      for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+      if info['name'] == GROUP then
+        local ms, seq = id_parts(info['last-delivered-id'])
+        local keep = ms .. '-' .. (seq + 1)
+        if summary[1] > 0 then
+          local pms, pseq = id_parts(summary[2])
+          if pms < ms or (pms == ms and pseq <= seq) then keep = summary[2] end
+        end
+        redis.call('XTRIM', q, 'MINID', '~', keep)
+      end
+    end
+  end
 end
 
 -- Append a task to its function's stream (creating stream and group on first use).
@@ -79,7 +109,7 @@ local function claim(q, eid, id, node, adopt)
   local h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec')
   local status, owner = h[1], h[2]
   if not status or h[3] ~= eid or TERMINAL[status] then
-    drop_entry(q, eid)
+    ack(q, eid)
     return nil
   end
   if owner == node then
@@ -98,13 +128,13 @@ local function append(out, item)
 end
 """
 
-# ARGV: P, then per item: id, fn, created, blob, due_ms ("" = queue now).
+# ARGV: P, items: a msgpack array of [id, fn, created, blob, due_ms ("" = queue now)].
 # Returns one code per item: 1 stored, 2 the id exists, 3 the function is not registered.
 INVOKE_BATCH = r"""
 local out, changed = {}, {}
 local fns = P .. 'fns'
-for i = 2, #ARGV, 5 do
-  local id, fn, created, blob, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
+  local id, fn, created, blob, due = item[1], item[2], item[3], item[4], item[5]
   local key = tkey(id)
   if redis.call('EXISTS', key) == 1 then
     out[#out + 1] = 2
@@ -130,8 +160,8 @@ if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed,
 return out
 """
 
-# ARGV: P, node (the writer), max_age_ms, then per item: id, expected status, expected
-# owner, expected epoch, new status, blob, flags, due_ms ("" = now), write token.
+# ARGV: P, node (the writer), max_age_ms, items: a msgpack array of [id, expected status,
+# expected owner, expected epoch, new status, blob, flags, due_ms ("" = now), write token].
 # Returns two values per item: code, detail. Codes: 1 written; 2 already written (the
 # token matched: a resend after a lost reply); 0 missing; -1 fenced (detail: current
 # "owner epoch"); -2 conflict (detail: current status).
@@ -139,30 +169,33 @@ TRANSITION_BATCH = r"""
 local node, max_age = ARGV[2], tonumber(ARGV[3])
 local out, changed = {}, {}
 local now = nil
-for i = 4, #ARGV, 9 do
-  local id = ARGV[i]
+for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
+  local id = item[1]
   local key = tkey(id)
   local h = redis.call('HMGET', key, 'status', 'owner', 'epoch', 'fn', 'created', 'sid', 'wtok')
-  local status, owner, epoch, token = h[1], h[2], h[3], ARGV[i + 8]
+  local status, owner, epoch, token = h[1], h[2], h[3], item[9]
   if not status then
     out[#out + 1] = 0; out[#out + 1] = ''
   elseif token ~= '' and h[7] == token then
     out[#out + 1] = 2; out[#out + 1] = status
-  elseif owner ~= ARGV[i + 2] or epoch ~= ARGV[i + 3] then
+  elseif owner ~= item[3] or epoch ~= item[4] then
     out[#out + 1] = -1; out[#out + 1] = owner .. ' ' .. epoch
-  elseif status ~= ARGV[i + 1] then
+  elseif status ~= item[2] then
     out[#out + 1] = -2; out[#out + 1] = status
   else
     local fn, created, sid = h[4], h[5], h[6]
-    local new, flags, due = ARGV[i + 4], tonumber(ARGV[i + 6]), ARGV[i + 7]
-    local fields = {'rec', ARGV[i + 5], 'status', new, 'wtok', token}
+    local new, flags, due = item[5], item[7], item[8]
+    local fields = {'rec', item[6], 'status', new, 'wtok', token}
     move_status(id, fn, created, status, new)
     if sid ~= '' and bit.band(flags, 15) ~= 0 then  -- ACK, RELEASE, FINAL or UNQUEUE
-      drop_entry(qkey(fn), sid)
+      ack(qkey(fn), sid)
+      if bit.band(flags, 8) ~= 0 then  -- UNQUEUE: an entry not yet delivered goes at once
+        redis.call('XDEL', qkey(fn), sid)
+      end
       sid = ''
     end
-    if bit.band(flags, 12) ~= 0 then  -- FINAL or UNQUEUE: no longer due either
-      redis.call('ZREM', P .. 'due', fn .. SEP .. id)
+    if bit.band(flags, 8) ~= 0 or (owner == '' and bit.band(flags, 4) ~= 0) then
+      redis.call('ZREM', P .. 'due', fn .. SEP .. id)  -- (only an unowned task can be due)
     end
     if bit.band(flags, 2) ~= 0 then  -- RELEASE
       fields[#fields + 1] = 'owner'; fields[#fields + 1] = ''
@@ -187,6 +220,7 @@ for i = 4, #ARGV, 9 do
     changed[#changed + 1] = id
   end
 end
+trim_acked()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
 return out
 """
@@ -203,20 +237,23 @@ for i = 3, #ARGV, 2 do
   local fn, count = ARGV[i], ARGV[i + 1]
   local q = qkey(fn)
   local got = {}
-  if redis.call('EXISTS', q) == 1 then
-    local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, node, 'COUNT', count,
+  local wanted = tonumber(count)
+  local more = redis.call('EXISTS', q) == 1
+  while more and #got < 6 * wanted do  -- skipped entries do not count: read on
+    local ask = wanted - #got / 6
+    local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask,
       'STREAMS', q, '>')
     if not ok then
       if not string.find(tostring(res.err or res), 'NOGROUP', 1, true) then error(res) end
       redis.call('XGROUP', 'CREATE', q, GROUP, '0')  -- the group was lost: deliver all again
-      res = redis.call('XREADGROUP', 'GROUP', GROUP, node, 'COUNT', count, 'STREAMS', q, '>')
+      res = redis.call('XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask, 'STREAMS', q, '>')
     end
-    if res then
-      for _, e in ipairs(res[1][2]) do
-        local item = e[2] and claim(q, e[1], e[2][2], node, false)
-        if item then append(got, item) end
-      end
+    local entries = res and res[1][2] or {}
+    for _, e in ipairs(entries) do
+      local item = e[2] and claim(q, e[1], e[2][2], node, false)
+      if item then append(got, item) end
     end
+    more = #entries == ask
   end
   local top = redis.call('XREVRANGE', q, '+', '-', 'COUNT', 1)
   out[#out + 1] = fn
@@ -224,19 +261,21 @@ for i = 3, #ARGV, 2 do
   out[#out + 1] = #got / 6
   append(out, got)
 end
+trim_acked()
 return out
 """
 
-# ARGV: P, node, then per entry: fn, entry id, task id (entries of node's own pending
-# list that node does not hold: it lost the reply that gave them). Claims each as
-# FETCH would, taking the ones node already owns too. Returns the claimed items.
+# ARGV: P, node, entries: a msgpack array of [fn, entry id, task id] (entries of node's
+# own pending list that node does not hold: it lost the reply that gave them). Claims
+# each as FETCH would, taking the ones node already owns too. Returns the claimed items.
 ADOPT = r"""
 local node = ARGV[2]
 local out = {}
-for i = 3, #ARGV, 3 do
-  local item = claim(qkey(ARGV[i]), ARGV[i + 1], ARGV[i + 2], node, true)
+for _, e in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local item = claim(qkey(e[1]), e[2], e[3], node, true)
   if item then append(out, item) end
 end
+trim_acked()
 return out
 """
 
@@ -299,6 +338,7 @@ for _, p in ipairs(pending) do
   end
 end
 if #pending >= count then out[2] = '(' .. last end
+trim_acked()
 return out
 """
 
@@ -468,15 +508,27 @@ redis.call('DEL', P .. 'fn:' .. ARGV[2])
 return existed
 """
 
-# ARGV: P, then function names. Returns per function: stream length, pending entries.
+# ARGV: P, then function names. Returns per function: entries not yet delivered (the
+# group's lag, counted up to 100000 when Redis cannot tell), entries pending.
 QUEUE_STATS = r"""
 local out = {}
 for i = 2, #ARGV do
   local q = qkey(ARGV[i])
-  local length = redis.call('XLEN', q)
-  local ok, summary = pcall(redis.call, 'XPENDING', q, GROUP)
-  out[#out + 1] = length
-  out[#out + 1] = ok and summary[1] or 0
+  local depth, pending = 0, 0
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', q)
+  for _, g in ipairs(ok and groups or {}) do
+    local info = {}
+    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+    if info['name'] == GROUP then
+      pending = info['pending']
+      depth = info['lag']
+      if not depth then  -- deletions hide the lag: count what follows the last delivered
+        depth = #redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', 100000)
+      end
+    end
+  end
+  out[#out + 1] = depth
+  out[#out + 1] = pending
 end
 return out
 """
