@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -94,6 +95,15 @@ class RedisServer:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (as across a partition)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def restart(self, *, lose_data: bool = False) -> None:
         """Stop and start on the same port; ``lose_data`` deletes the AOF in between."""

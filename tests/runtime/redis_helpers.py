@@ -40,11 +40,15 @@ class Node:
             await self.functions.register(name, "async", b"\x80", now=1.0)
 
     async def invoke(
-        self, function: str, *task_ids: str, created: float | None = None, due_ms: int | None = None
+        self,
+        function: str,
+        *task_ids: str,
+        created: float | None = None,
+        delay_ms: int | None = None,
     ) -> list[InvokeCode]:
         tasks = [
             NewTask(
-                tid, function, created if created is not None else 1000.0 + i, blob(tid), due_ms
+                tid, function, created if created is not None else 1000.0 + i, blob(tid), delay_ms
             )
             for i, tid in enumerate(task_ids)
         ]
@@ -61,7 +65,7 @@ class Node:
         new_status: str,
         flags: int = 0,
         *,
-        due_ms: int | None = None,
+        delay_ms: int | None = None,
         token: str = "",
         owner: str | None = None,
     ) -> WriteResult:
@@ -78,7 +82,7 @@ class Node:
             new_status,
             blob(task_id, new_status),
             flags,
-            due_ms,
+            delay_ms,
             token,
         )
         [result] = await self.records.transition([item], node=self.node_id)
@@ -108,6 +112,11 @@ async def open_nodes(url: str, *node_ids: str, join: bool = True) -> AsyncIterat
     finally:
         for conn in conns:
             await conn.close()
+
+
+async def make_all_due(conn: RedisConnection) -> None:
+    """Every task waiting in the due set is due now (instead of sleeping until it is)."""
+    await conn.command("ZUNIONSTORE", conn.keys.due, 1, conn.keys.due, "WEIGHTS", 0)
 
 
 async def keys_of(conn: RedisConnection, pattern: str = "*") -> list[str]:

@@ -218,3 +218,28 @@ async def test_a_script_error_is_a_store_error_not_an_outage(redis_url: str) -> 
             await a.conn.run(scripts.move_due, [a.keys.base, "not-a-number"])
         assert not isinstance(caught.value, StoreUnavailableError)
         assert a.conn.connected and a.conn.failures == 0
+
+
+async def test_the_change_feed_notices_a_connection_that_stopped_answering(
+    make_redis_server: MakeServer,
+) -> None:
+    server = make_redis_server()
+    async with open_nodes(server.url + FAST, "a") as [a]:
+        a.conn.backoff = Backoff(0.01, 0.05)
+        heard: list[str] = []
+        gaps: list[int] = []
+        feed = ChangeFeed(a.conn, heard.extend, on_gap=lambda: gaps.append(1))
+        feed.idle_ping = 0.05
+        await feed.start()
+        try:
+            server.pause()  # no FIN, no error: only silence
+            try:
+                await eventually(lambda: feed.gaps >= 1, timeout=5)
+            finally:
+                server.resume()
+            await eventually(lambda: gaps == [1], timeout=10)
+            await a.register("f")
+            await a.invoke("f", "after")
+            await eventually(lambda: heard == ["after"])
+        finally:
+            await feed.close()

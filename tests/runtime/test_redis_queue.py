@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from runtime.stores.redis import ACK, FINAL, UNQUEUE, QueueStats, scripts
-from tests.runtime.redis_helpers import open_nodes
+from tests.runtime.redis_helpers import make_all_due, open_nodes
 
 pytestmark = pytest.mark.redis
 
@@ -139,8 +139,9 @@ async def test_due_tasks_move_to_the_stream_exactly_once_with_concurrent_movers(
     async with open_nodes(redis_url, "a", "b") as [a, b]:
         await a.register("f")
         ids = [f"t{i}" for i in range(300)]
-        await a.invoke("f", *ids, due_ms=1)  # long due
-        await a.invoke("f", "future", due_ms=10**13)
+        await a.invoke("f", *ids, delay_ms=10**9)
+        await make_all_due(a.conn)
+        await a.invoke("f", "future", delay_ms=10**9)  # in 11 days
 
         async def mover(node: object) -> int:
             total = 0
@@ -153,8 +154,8 @@ async def test_due_tasks_move_to_the_stream_exactly_once_with_concurrent_movers(
         totals = await asyncio.gather(*(mover(n) for n in (a, b, a, b)))
         assert sum(totals) == len(ids)
         assert await a.conn.command("XLEN", a.keys.stream("f")) == len(ids)
-        moved, next_due = await a.queue.move_due()
-        assert (moved, next_due) == (0, 10**10)  # epoch seconds of the one left
+        moved, next_in = await a.queue.move_due()
+        assert moved == 0 and next_in is not None and 10**6 - 60 < next_in <= 10**6
         claimed = await a.fetch("f", 1000)
         assert sorted(c.task_id for c in claimed) == sorted(ids)
 
@@ -162,7 +163,8 @@ async def test_due_tasks_move_to_the_stream_exactly_once_with_concurrent_movers(
 async def test_a_due_member_of_a_task_gone_or_taken_is_dropped(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
-        await a.invoke("f", "gone", "stopped", due_ms=1)
+        await a.invoke("f", "gone", "stopped", delay_ms=10**9)
+        await make_all_due(a.conn)
         await a.conn.command("DEL", a.keys.task("gone"))
         await a.conn.command("HSET", a.keys.task("stopped"), "status", "Stopped")
         assert await a.queue.move_due() == (0, None)
@@ -241,7 +243,7 @@ async def test_stats_and_due_count(redis_url: str) -> None:
             "never": QueueStats(0, 0),
         }
         await a.invoke("f", "t1", "t2", "t3")
-        await a.invoke("f", "d1", due_ms=10**13)
+        await a.invoke("f", "d1", delay_ms=10**9)
         await a.fetch("f", 1)
         assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=2, pending=1)}
         assert await a.queue.due_count() == 1
@@ -286,3 +288,18 @@ async def test_depth_is_counted_when_deletions_hide_the_lag(redis_url: str) -> N
         await a.fetch("f", 1)
         assert (await a.move(("t3", 0, "Enqueued"), "Stopped", FINAL | UNQUEUE, owner="")).ok
         assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=2, pending=1)}
+
+
+async def test_delays_run_on_redis_clock_and_a_zero_delay_queues_at_once(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "now", delay_ms=0)
+        await a.invoke("f", "soon", delay_ms=30)
+        assert [c.task_id for c in await a.fetch("f", 5)] == ["now"]
+        moved, next_in = await a.queue.move_due()
+        assert moved == 0 and next_in is not None and 0 <= next_in <= 0.03
+        async with asyncio.timeout(5):  # due by Redis' clock in 30 ms
+            while (await a.queue.move_due())[0] == 0:
+                await asyncio.sleep(0.005)
+        assert [c.task_id for c in await a.fetch("f", 5)] == ["soon"]
+        assert await a.queue.move_due() == (0, None)

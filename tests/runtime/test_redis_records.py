@@ -76,7 +76,7 @@ async def test_an_existing_id_or_unknown_function_stores_nothing(redis_url: str)
 async def test_a_delayed_task_waits_in_the_due_set(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
-        await a.invoke("f", "later", due_ms=10**13)
+        await a.invoke("f", "later", delay_ms=10**9)
         record = await a.records.get("later")
         assert record is not None and record.stream_id == ""
         assert await a.conn.command("XLEN", a.keys.stream("f")) == 0
@@ -183,7 +183,7 @@ async def test_release_requeues_now_or_when_due_and_bumps_the_epoch(redis_url: s
         await a.invoke("f", "now", "later")
         first = await a.fetch("f", 2)
         assert (await a.move(first[0], "Enqueued", RELEASE)).ok
-        assert (await a.move(first[1], "Retrying", RELEASE, due_ms=10**13)).ok
+        assert (await a.move(first[1], "Retrying", RELEASE, delay_ms=10**9)).ok
         released = await a.records.get("now")
         assert released is not None and (released.owner, released.epoch) == ("", first[0].epoch + 1)
         assert await a.queue.due_count() == 1
@@ -197,7 +197,7 @@ async def test_unqueue_takes_a_queued_task_out_of_stream_and_due_set(redis_url: 
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
         await a.invoke("f", "queued")
-        await a.invoke("f", "delayed", due_ms=10**13)
+        await a.invoke("f", "delayed", delay_ms=10**9)
         for task_id in ("queued", "delayed"):
             assert (await a.move((task_id, 0, "Enqueued"), "Stopped", FINAL | UNQUEUE, owner="")).ok
         assert await a.conn.command("XLEN", a.keys.stream("f")) == 0

@@ -17,8 +17,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .client import MAX_BLOCK, RedisConnection
@@ -92,6 +95,7 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.gaps = 0  #: times the subscription broke (metrics)
+        self.idle_ping = MAX_BLOCK  #: seconds of quiet before the connection is checked
 
     async def start(self, timeout: float = 5.0) -> None:
         """Subscribe; returns once subscribed (notifications from then on are delivered)."""
@@ -116,11 +120,7 @@ class ChangeFeed:
                 if attempt and self._on_gap is not None:
                     self._on_gap()  # back after a break: what changed meanwhile went unheard
                 attempt = 0
-                while True:
-                    message = await pubsub.get_message(timeout=MAX_BLOCK)
-                    if message is not None and message.get("type") == "message":
-                        data = message.get("data")
-                        self._on_change(text(data).split() if data else [])
+                await self._listen(pubsub)
             except (RedisError, OSError) as exc:
                 logger.debug("stint: change feed lost its subscription: %r", exc)
                 self._subscribed.clear()
@@ -130,3 +130,23 @@ class ChangeFeed:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Deliver messages; a quiet connection is pinged, and one that stops answering
+        (a half-open TCP connection never reports an error) counts as broken."""
+        pinged_at: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=self.idle_ping)
+            kind = None if message is None else message.get("type")
+            if kind == "message":
+                data = message.get("data")
+                self._on_change(text(data).split() if data else [])
+            elif kind == "pong":
+                pinged_at = None
+            elif message is None:
+                now = time.monotonic()
+                if pinged_at is not None and now - pinged_at > 2 * self.idle_ping:
+                    raise RedisConnectionError("the change feed's connection stopped answering")
+                if pinged_at is None:
+                    pinged_at = now
+                    await pubsub.ping()

@@ -122,11 +122,12 @@ class RedisQueue:
     async def move_due(self, limit: int = 1000) -> tuple[int, float | None]:
         """Queue every retry or delayed start that is due (by Redis' clock), up to ``limit``.
 
-        Returns how many moved and when the next one is due (epoch seconds, or
-        None). Safe to run on every node at once: each member moves exactly once.
+        Returns how many moved and in how many seconds the next one is due (0 if
+        more are due already; None if none waits). Safe to run on every node at
+        once: each member moves exactly once.
         """
         moved, next_ms = await self.conn.run(scripts.move_due, (self.keys.base, limit))
-        return int(moved), (float(next_ms) / 1000 if next_ms else None)
+        return int(moved), (float(next_ms) / 1000 if next_ms not in (b"", "", None) else None)
 
     async def adopt(
         self, functions: Iterable[str], known: Container[str], *, page: int = 500

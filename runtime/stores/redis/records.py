@@ -49,21 +49,22 @@ class WriteCode(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewTask:
-    """A task to create as Enqueued: queued now, or at ``due_ms`` (epoch ms) if given."""
+    """A task to create as Enqueued: queued now, or after ``delay_ms`` (by Redis' clock)."""
 
     task_id: str
     function: str
     created_at: float
     blob: bytes
-    due_ms: int | None = None
+    delay_ms: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Transition:
     """One compare-and-set: if the record is ``expect_status`` owned by ``expect_owner`` at
     ``expect_epoch``, it becomes ``new_status`` with ``blob``, plus what ``flags`` say
-    (``scripts.ACK | RELEASE | FINAL | UNQUEUE | NOTIFY``). ``due_ms`` is when a released
-    task is queued again (None: now). ``token`` identifies the write, so resending it
+    (``scripts.ACK | RELEASE | FINAL | UNQUEUE | NOTIFY``). ``delay_ms`` is how long a
+    released task waits before it is queued again (None or <= 0: not at all), on Redis'
+    clock, so every node's retries follow one clock. ``token`` identifies the write, so resending it
     after a lost reply is recognised (``WriteCode.REPEATED``) rather than refused."""
 
     task_id: str
@@ -73,7 +74,7 @@ class Transition:
     new_status: str
     blob: bytes
     flags: int = 0
-    due_ms: int | None = None
+    delay_ms: int | None = None
     token: str = ""
 
 
@@ -131,7 +132,7 @@ class RecordStore:
         calls: builtins.list[tuple[str, bytes]] = []
         for start in range(0, len(tasks), BATCH):
             items = [
-                (t.task_id, t.function, repr(t.created_at), t.blob, _due(t.due_ms))
+                (t.task_id, t.function, repr(t.created_at), t.blob, _delay(t.delay_ms))
                 for t in tasks[start : start + BATCH]
             ]
             calls.append((self.keys.base, _pack(items)))
@@ -245,12 +246,12 @@ def _stored(task_id: str, values: Sequence[Any]) -> StoredRecord | None:
 def _transition_item(t: Transition) -> tuple[Any, ...]:
     return (
         t.task_id, t.expect_status, t.expect_owner, str(t.expect_epoch),
-        t.new_status, t.blob, t.flags, _due(t.due_ms), t.token,
+        t.new_status, t.blob, t.flags, _delay(t.delay_ms), t.token,
     )  # fmt: skip
 
 
-def _due(due_ms: int | None) -> str:
-    return "" if due_ms is None else str(int(due_ms))
+def _delay(delay_ms: int | None) -> str:
+    return "" if delay_ms is None or delay_ms <= 0 else str(int(delay_ms))
 
 
 def _pack(items: builtins.list[Any]) -> bytes:

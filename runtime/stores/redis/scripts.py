@@ -128,11 +128,12 @@ local function append(out, item)
 end
 """
 
-# ARGV: P, items: a msgpack array of [id, fn, created, blob, due_ms ("" = queue now)].
+# ARGV: P, items: a msgpack array of [id, fn, created, blob, delay_ms ("" = queue now)].
 # Returns one code per item: 1 stored, 2 the id exists, 3 the function is not registered.
 INVOKE_BATCH = r"""
 local out, changed = {}, {}
 local fns = P .. 'fns'
+local now = nil
 for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
   local id, fn, created, blob, due = item[1], item[2], item[3], item[4], item[5]
   local key = tkey(id)
@@ -145,7 +146,8 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
     if due == '' then
       sid = push(fn, id)
     else
-      redis.call('ZADD', P .. 'due', due, fn .. SEP .. id)
+      now = now or now_ms()
+      redis.call('ZADD', P .. 'due', now + tonumber(due), fn .. SEP .. id)
     end
     redis.call('HSET', key, 'rec', blob, 'status', 'Enqueued', 'fn', fn, 'created', created,
       'owner', '', 'epoch', 0, 'sid', sid, 'wtok', '')
@@ -161,7 +163,7 @@ return out
 """
 
 # ARGV: P, node (the writer), max_age_ms, items: a msgpack array of [id, expected status,
-# expected owner, expected epoch, new status, blob, flags, due_ms ("" = now), write token].
+# expected owner, expected epoch, new status, blob, flags, delay_ms ("" = now), write token].
 # Returns two values per item: code, detail. Codes: 1 written; 2 already written (the
 # token matched: a resend after a lost reply); 0 missing; -1 fenced (detail: current
 # "owner epoch"); -2 conflict (detail: current status).
@@ -203,7 +205,8 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
       if due == '' then
         sid = push(fn, id)
       else
-        redis.call('ZADD', P .. 'due', due, fn .. SEP .. id)
+        now = now or now_ms()
+        redis.call('ZADD', P .. 'due', now + tonumber(due), fn .. SEP .. id)
       end
     end
     fields[#fields + 1] = 'sid'; fields[#fields + 1] = sid
@@ -281,10 +284,11 @@ return out
 
 # ARGV: P, limit. Moves every due member (due time <= the server's now), up to limit,
 # into its function's stream: the ZREM and the XADD happen together, so exactly once.
-# Returns {moved, next due time in ms or ""}.
+# Returns {moved, ms until the next one is due (0 if due already) or ""}.
 MOVE_DUE = r"""
 local due = P .. 'due'
-local members = redis.call('ZRANGEBYSCORE', due, '-inf', now_ms(), 'LIMIT', 0, ARGV[2])
+local now = now_ms()
+local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, ARGV[2])
 local moved = 0
 for _, m in ipairs(members) do
   redis.call('ZREM', due, m)
@@ -300,7 +304,8 @@ for _, m in ipairs(members) do
   end
 end
 local nxt = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-return {moved, nxt[2] or ''}
+if not nxt[2] then return {moved, ''} end
+return {moved, tostring(math.max(0, tonumber(nxt[2]) - now))}
 """
 
 # ARGV: P, dead, live, ttl_ms. Returns 1 (live now holds the reclaim lock), 0 (another

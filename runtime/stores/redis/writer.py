@@ -52,20 +52,20 @@ class _Owned:
 
 
 class _Dirty:
-    __slots__ = ("due_ms", "flags", "record", "status")
+    __slots__ = ("delay_ms", "flags", "record", "status")
 
-    def __init__(self, status: str, record: Any, flags: int, due_ms: int | None) -> None:
+    def __init__(self, status: str, record: Any, flags: int, delay_ms: int | None) -> None:
         self.status = status
         self.record = record
         self.flags = flags
-        self.due_ms = due_ms
+        self.delay_ms = delay_ms
 
 
 class RecordWriter:
     """Write-behind of one node's transitions, as compare-and-sets on what it owns.
 
     ``own(task_id, epoch, status)`` after a claim; ``put(task_id, status, record,
-    flags, due_ms)`` after each transition (never waits; ``pack(record)`` runs at
+    flags, delay_ms)`` after each transition (never waits; ``pack(record)`` runs at
     write time, so several transitions cost one pack and one write); ``flush()``
     waits until everything put so far is written. Writes Redis refused are
     reported to ``on_refused`` (fenced: the task was reclaimed; conflict: its
@@ -145,18 +145,18 @@ class RecordWriter:
         status: str,
         record: Any,
         flags: int = 0,
-        due_ms: int | None = None,
+        delay_ms: int | None = None,
     ) -> None:
         """The task moved to ``status``; write it (with ``flags``) in the next batch."""
         dirty = self._dirty.get(task_id)
         if dirty is None:
-            self._dirty[task_id] = _Dirty(status, record, flags, due_ms)
+            self._dirty[task_id] = _Dirty(status, record, flags, delay_ms)
         else:
             dirty.status = status
             dirty.record = record
             dirty.flags |= flags
-            if due_ms is not None:
-                dirty.due_ms = due_ms
+            if delay_ms is not None:
+                dirty.delay_ms = delay_ms
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
@@ -233,7 +233,7 @@ class RecordWriter:
                     dirty.status,
                     self._pack(dirty.record),
                     dirty.flags,
-                    dirty.due_ms,
+                    dirty.delay_ms,
                     f"{prefix}{next(self._tokens):x}",
                 )
             )
