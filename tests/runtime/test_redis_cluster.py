@@ -13,6 +13,7 @@ from runtime.stores.redis import (
     FINAL,
     NOTIFY,
     Beat,
+    ChangeFeed,
     Claimed,
     ControlChannel,
     InvokeCode,
@@ -20,6 +21,7 @@ from runtime.stores.redis import (
     StopRequest,
     WriteCode,
 )
+from tests.conftest import eventually
 from tests.runtime.redis_helpers import Node, keys_of, open_nodes
 
 pytestmark = pytest.mark.redis
@@ -325,3 +327,27 @@ async def test_a_deleted_function_takes_no_new_tasks(redis_url: str) -> None:
         assert await a.invoke("f", "after") == [InvokeCode.NO_FUNCTION]
         assert await a.functions.names() == []
         assert [c.task_id for c in await a.fetch("f", 5)] == ["before"]  # the caller's to end
+
+
+async def test_a_listener_that_raises_does_not_end_the_change_feed(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        heard: list[str] = []
+
+        def listener(ids: list[str]) -> None:
+            heard.extend(ids)
+            if ids == ["t1"]:
+                raise ValueError("a bug in the listener")
+
+        feed = ChangeFeed(a.conn, listener)
+        await feed.start()
+        try:
+            await a.register("f")
+            with caplog.at_level(logging.ERROR, "stint"):
+                await a.invoke("f", "t1")
+                await a.invoke("f", "t2")
+                await eventually(lambda: heard == ["t1", "t2"])
+            assert "listener raised" in caplog.text
+        finally:
+            await feed.close()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from runtime.stores.redis import ACK, FINAL, UNQUEUE, QueueStats, scripts
+from runtime.stores.redis import queue as queue_module
 from tests.runtime.redis_helpers import make_all_due, open_nodes
 
 pytestmark = pytest.mark.redis
@@ -303,3 +304,13 @@ async def test_delays_run_on_redis_clock_and_a_zero_delay_queues_at_once(redis_u
                 await asyncio.sleep(0.005)
         assert [c.task_id for c in await a.fetch("f", 5)] == ["soon"]
         assert await a.queue.move_due() == (0, None)
+
+
+async def test_one_fetch_takes_at_most_max_fetch_per_function(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_module, "MAX_FETCH", 3)
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", *[f"t{i}" for i in range(5)])
+        assert len(await a.fetch("f", 100)) == 3

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, StoreError
 from runtime.stores.redis import (
     ACK,
     FINAL,
@@ -16,6 +16,7 @@ from runtime.stores.redis import (
     ChangeFeed,
     InvokeCode,
     NewTask,
+    QueueStats,
     Transition,
     WriteCode,
     records,
@@ -406,3 +407,43 @@ async def test_sweep_leaves_a_reused_id_alone(redis_url: str) -> None:
         assert await a.records.sweep() == 0
         assert await zmembers(a.conn, a.keys.idx_all) == ["t1"]
         assert await a.conn.command("ZCARD", a.keys.ended) == 0
+
+
+async def test_a_terminal_status_is_always_final(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        assert (await a.move(claimed, "Failed")).ok  # no flags given
+        assert await a.conn.command("PTTL", a.keys.task("t1")) > 0
+        assert await a.queue.stats(["f"]) == {"f": QueueStats(0, 0)}  # its entry acknowledged
+
+
+async def test_a_malformed_record_is_a_clear_store_error(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.conn.command("HSET", a.keys.task("odd"), "rec", b"x", "status", "Running")
+        with pytest.raises(StoreError, match=r"malformed.*prefix of its own"):
+            await a.records.get("odd")
+
+
+async def test_a_deleted_functions_queued_tasks_can_be_ended(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", *[f"q{i:03d}" for i in range(120)])
+        await a.invoke("f", "later", delay_ms=10**9)
+        [running] = await a.fetch("f", 1)  # held by a: not the caller's to end
+        assert await a.functions.delete("f")
+        ended = 0
+        while batch := await a.records.unowned("f", limit=50):
+            for record in batch:
+                item = Transition(
+                    record.task_id, record.status, "", record.epoch, "Invalid", b"deleted",
+                    FINAL | UNQUEUE,
+                )  # fmt: skip
+                [result] = await a.records.transition([item], node="a")
+                assert result.ok
+                ended += 1
+        assert ended == 120  # 119 queued and the delayed one
+        assert await a.queue.due_count() == 0
+        assert await a.fetch("f", 10) == []
+        assert (await a.move(running, "Running")).ok

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from runtime.errors import StoreError
 from runtime.stores.redis import (
     ACK,
     FINAL,
@@ -235,3 +236,26 @@ async def test_invokes_of_one_burst_share_round_trips(redis_url: str) -> None:
         assert codes[1000:] == [InvokeCode.EXISTS, InvokeCode.NO_FUNCTION]
         assert batcher.batches == 1
         await batcher.close()
+
+
+async def test_cancelling_the_batcher_fails_its_callers_rather_than_leaving_them(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        batcher = InvokeBatcher(a.records)
+        first = batcher.add(NewTask("t1", "f", 1.0, b"x"))
+        assert batcher._task is not None
+        batcher._task.cancel()
+        with pytest.raises(StoreError, match="not stored"):
+            await first
+
+
+async def test_close_waits_for_the_batch_under_way(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        batcher = InvokeBatcher(a.records)
+        future = batcher.add(NewTask("t1", "f", 1.0, b"x"))
+        await batcher.close()
+        assert future.done() and future.result() is InvokeCode.STORED
+        assert batcher._task is None

@@ -118,7 +118,7 @@ class ChangeFeed:
                 await pubsub.subscribe(self.channel)
                 self._subscribed.set()
                 if attempt and self._on_gap is not None:
-                    self._on_gap()  # back after a break: what changed meanwhile went unheard
+                    self._call(self._on_gap)  # back after a break: changes went unheard
                 attempt = 0
                 await self._listen(pubsub)
             except (RedisError, OSError) as exc:
@@ -131,6 +131,13 @@ class ChangeFeed:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    @staticmethod
+    def _call(callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # a bug in the listener must not end the feed
+            logger.exception("stint: a change feed listener raised")
+
     async def _listen(self, pubsub: Any) -> None:
         """Deliver messages; a quiet connection is pinged, and one that stops answering
         (a half-open TCP connection never reports an error) counts as broken."""
@@ -140,7 +147,7 @@ class ChangeFeed:
             kind = None if message is None else message.get("type")
             if kind == "message":
                 data = message.get("data")
-                self._on_change(text(data).split() if data else [])
+                self._call(self._on_change, text(data).split() if data else [])
             elif kind == "pong":
                 pinged_at = None
             elif message is None:

@@ -65,6 +65,11 @@ class QueueStats:
     pending: int  #: entries taken and not yet acknowledged (tasks under way)
 
 
+#: Tasks one fetch takes per function at most (more free slots fetch again): one script
+#: never holds the single-threaded server for long.
+MAX_FETCH = 1000
+
+
 class RedisQueue:
     """One node's view of the functions' streams."""
 
@@ -74,7 +79,8 @@ class RedisQueue:
         self.node = node
 
     async def fetch(self, wanted: Mapping[str, int]) -> Fetched:
-        """Take up to ``wanted[fn]`` new tasks of each function, in one round trip.
+        """Take up to ``wanted[fn]`` (at most ``MAX_FETCH``) new tasks of each function,
+        in one round trip.
 
         Each returned task is claimed (owner = this node, epoch + 1). Entries whose
         task finished or was stopped while queued are acknowledged and skipped.
@@ -82,7 +88,7 @@ class RedisQueue:
         args: list[Any] = [self.keys.base, self.node]
         for function, count in wanted.items():
             if count > 0:
-                args += (function, count)
+                args += (function, min(count, MAX_FETCH))
         if len(args) == 2:
             return Fetched({}, {})
         reply = await self.conn.run(scripts.fetch, args)

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from ...errors import ConfigError
+from ...errors import ConfigError, StoreError
 from ...states import TaskState
 from . import scripts
 from .client import RedisConnection
@@ -112,6 +112,8 @@ class Page:
 
 
 _RECORD_FIELDS = ("rec", "status", "fn", "created", "owner", "epoch", "sid")
+#: The states a task can wait in without an owner (queued, or backing off before a retry).
+_QUEUED = ("Enqueued", "Dequeued", "Retrying")
 
 
 class RecordStore:
@@ -173,6 +175,29 @@ class RecordStore:
         rows = await self.conn.commands([("HMGET", self.keys.task(t), *fields) for t in task_ids])
         return [_stored(task_id, row) for task_id, row in zip(task_ids, rows, strict=True)]
 
+    async def unowned(self, function: str, limit: int = 500) -> builtins.list[StoredRecord]:
+        """The oldest tasks of ``function`` that no node holds and that have not finished
+        (queued, or waiting out a retry backoff), at most ``limit``.
+
+        For ending a deleted function's tasks: end each (compare-and-set from owner ""
+        with ``FINAL | UNQUEUE``) and call again until it returns nothing.
+        """
+        found: builtins.list[StoredRecord] = []
+        for status in _QUEUED:
+            index = self.keys.idx_function_status(function, status)
+            start = 0
+            while len(found) < limit:
+                ids = [text(m) for m in await self.conn.command("ZRANGE", index, start, start + 99)]
+                if not ids:
+                    break
+                found += [
+                    record
+                    for record in await self.get_many(ids)
+                    if record is not None and record.owner == "" and record.status == status
+                ]
+                start += len(ids)
+        return found[:limit]
+
     async def list(
         self,
         *,
@@ -229,18 +254,24 @@ class RecordStore:
 
 def _stored(task_id: str, values: Sequence[Any]) -> StoredRecord | None:
     blob, status, function, created, owner, epoch, sid = values
-    if blob is None or status is None:
+    if blob is None and status is None:
         return None
-    return StoredRecord(
-        task_id=task_id,
-        blob=bytes(blob),
-        status=text(status),
-        function=text(function),
-        created_at=float(created),
-        owner=text(owner),
-        epoch=int(epoch),
-        stream_id=text(sid),
-    )
+    try:
+        return StoredRecord(
+            task_id=task_id,
+            blob=bytes(blob),
+            status=text(status),
+            function=text(function),
+            created_at=float(created),
+            owner=text(owner),
+            epoch=int(epoch),
+            stream_id=text(sid),
+        )
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"the record of task {task_id} in Redis is malformed ({exc}): something other "
+            "than stint wrote under its key prefix; give stint a prefix of its own"
+        ) from None
 
 
 def _transition_item(t: Transition) -> tuple[Any, ...]:

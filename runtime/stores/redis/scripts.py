@@ -187,6 +187,7 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
   else
     local fn, created, sid = h[4], h[5], h[6]
     local new, flags, due = item[5], item[7], item[8]
+    if TERMINAL[new] then flags = bit.bor(flags, 4) end  -- a terminal status is always FINAL
     local fields = {'rec', item[6], 'status', new, 'wtok', token}
     move_status(id, fn, created, status, new)
     if sid ~= '' and bit.band(flags, 15) ~= 0 then  -- ACK, RELEASE, FINAL or UNQUEUE

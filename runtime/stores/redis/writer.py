@@ -292,6 +292,7 @@ class InvokeBatcher:
         self.records = records
         self._max_batch = max_batch
         self._waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
+        self._in_flight: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
 
@@ -303,28 +304,44 @@ class InvokeBatcher:
         self._waiting.append((task, future))
         if self._task is None:
             self._task = loop.create_task(self._drain())
+            self._task.add_done_callback(self._drained)
         return future
 
     async def close(self) -> None:
         """Wait for the batches under way (new adds after this still work)."""
         while self._task is not None:
-            await asyncio.shield(self._task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+            await asyncio.sleep(0)  # lets the done callback run
 
     async def _drain(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[: self._max_batch]
-                del self._waiting[: self._max_batch]
-                try:
-                    codes = await self.records.invoke_many([task for task, _ in batch])
-                except StoreError as exc:
-                    for _, future in batch:  # each its own copy: tracebacks stay apart
-                        if not future.done():
-                            future.set_exception(type(exc)(*exc.args))
-                    continue
-                self.batches += 1
-                for (_, future), code in zip(batch, codes, strict=True):
-                    if not future.done():
-                        future.set_result(code)
-        finally:
-            self._task = None
+        while self._waiting:
+            batch = self._in_flight = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            try:
+                codes = await self.records.invoke_many([task for task, _ in batch])
+            except StoreError as exc:
+                _fail(batch, exc)
+                continue
+            self.batches += 1
+            for (_, future), code in zip(batch, codes, strict=True):
+                if not future.done():
+                    future.set_result(code)
+        self._in_flight = []
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """The drain ended: if it was cancelled or hit a bug, no caller may wait forever."""
+        self._task = None
+        if task.cancelled() or task.exception() is not None:
+            why = "cancelled" if task.cancelled() else repr(task.exception())
+            _fail(self._in_flight + self._waiting, StoreError(f"the invoke was not stored: {why}"))
+            self._in_flight, self._waiting = [], []
+        elif self._waiting:  # added after the loop ended, before this callback ran
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task.add_done_callback(self._drained)
+
+
+def _fail(waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]], error: StoreError) -> None:
+    for _, future in waiting:  # each its own copy, so tracebacks stay apart
+        if not future.done():
+            future.set_exception(type(error)(*error.args))
