@@ -99,14 +99,15 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_redis_server(tmp_path: pathlib.Path) -> Iterator[Callable[[], RedisServer]]:
-    """Start redis-servers of a test's own (to restart or kill); all stopped afterwards."""
+def make_redis_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-servers of a test's own (to restart or kill, or with ``tls=True``);
+    all stopped afterwards."""
     if REDIS_SERVER is None:
         pytest.skip(SKIP_REASON)
     started: list[RedisServer] = []
 
-    def make() -> RedisServer:
-        server = RedisServer(tmp_path / f"redis{len(started)}")
+    def make(*, tls: bool = False) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}", tls=tls)
         started.append(server)
         server.start()
         return server

@@ -13,10 +13,12 @@ import pathlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
 REDIS_SERVER = shutil.which("redis-server")
+OPENSSL = shutil.which("openssl")
 SKIP_REASON = "redis-server not found: install it with `apt-get install -y redis-server`"
 
 
@@ -30,21 +32,52 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``restart`` keeps its port and dir (the AOF is reloaded)."""
 
-    def __init__(self, directory: pathlib.Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: pathlib.Path, port: int | None = None, *, tls: bool = False
+    ) -> None:
         assert REDIS_SERVER is not None, SKIP_REASON
         self.directory = directory
         self.port = port or free_port()
         self.unix_socket = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "redis.log"
+        self.tls = tls
+        self.ca = directory / "ca.pem"
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _make_certificates(self) -> list[str]:
+        """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+        assert OPENSSL is not None
+        d = self.directory
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for args in (
+            ["req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=stint test CA"],
+            ["req", *key, "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext"],
+        ):  # fmt: skip
+            subprocess.run([OPENSSL, *args], cwd=d, check=True, capture_output=True)
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(d / "server.pem"),
+            "--tls-key-file", str(d / "server.key"),
+            "--tls-ca-cert-file", str(d / "ca.pem"),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> None:
         assert REDIS_SERVER is not None
         self.directory.mkdir(parents=True, exist_ok=True)
+        tls_args = self._make_certificates() if self.tls else []
         args = [
             REDIS_SERVER,
             "--port", str(self.port),
@@ -57,6 +90,7 @@ class RedisServer:
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.log),
+            *tls_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -72,7 +106,15 @@ class RedisServer:
     def _answers(self) -> bool:
         """True once the server says PONG (not LOADING, not refusing)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0)
+                )
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.ca))
+                    sock = stack.enter_context(
+                        context.wrap_socket(sock, server_hostname="127.0.0.1")
+                    )
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:

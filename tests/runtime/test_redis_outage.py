@@ -27,7 +27,7 @@ from runtime.stores.redis import (
 from runtime.stores.redis.client import _server_version
 from runtime.stores.redis.records import BATCH
 from tests.conftest import eventually
-from tests.redis_server import RedisServer
+from tests.redis_server import OPENSSL, RedisServer
 from tests.runtime.redis_helpers import open_nodes
 
 pytestmark = pytest.mark.redis
@@ -243,3 +243,17 @@ async def test_the_change_feed_notices_a_connection_that_stopped_answering(
             await eventually(lambda: heard == ["after"])
         finally:
             await feed.close()
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl not found: apt-get install -y openssl")
+async def test_tls_with_a_private_ca(make_redis_server: Callable[..., RedisServer]) -> None:
+    server = make_redis_server(tls=True)
+    async with open_nodes(server.url + "&prefix=tls", "a") as [a]:
+        await a.register("f")
+        assert await a.invoke("f", "t1") == [InvokeCode.STORED]
+    unverified = RedisConnection(parse_redis_url(f"rediss://127.0.0.1:{server.port}/0"))
+    try:
+        with pytest.raises(StoreUnavailableError, match="certificate verify failed"):
+            await unverified.connect()
+    finally:
+        await unverified.close()

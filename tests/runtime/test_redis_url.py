@@ -144,3 +144,21 @@ def test_node_ids() -> None:
     for bad in ("", "a b", "x" * 129, "a:b", None):
         with pytest.raises(ConfigError, match="node_id"):
             check_node_id(bad)
+
+
+def test_tls_options() -> None:
+    options = parse_redis_url(
+        "rediss://:pw@cache:6380?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
+        "&ssl_cert_reqs=optional"
+    )
+    assert (options.ssl_ca_certs, options.ssl_certfile, options.ssl_keyfile) == (
+        "/ca.pem",
+        "/c.pem",
+        "/k.pem",
+    )
+    assert options.ssl_cert_reqs == "optional"
+    assert parse_redis_url("rediss://:pw@cache").ssl_cert_reqs == "required"
+    with pytest.raises(ConfigError, match="only apply to TLS: use rediss://"):
+        parse_redis_url("redis://localhost?ssl_ca_certs=/ca.pem")
+    with pytest.raises(ConfigError, match="ssl_cert_reqs='maybe'"):
+        parse_redis_url("rediss://:pw@cache?ssl_cert_reqs=maybe")

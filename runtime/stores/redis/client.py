@@ -272,6 +272,14 @@ def _make_client(
     if options.unix_path is not None:
         common.pop("maint_notifications_config", None)  # set by redis-py for sockets
         return aioredis.Redis(unix_socket_path=options.unix_path, **common)
+    if options.tls:
+        common.update(
+            ssl_ca_certs=options.ssl_ca_certs,
+            ssl_certfile=options.ssl_certfile,
+            ssl_keyfile=options.ssl_keyfile,
+            ssl_cert_reqs=options.ssl_cert_reqs,
+            ssl_check_hostname=options.ssl_cert_reqs == "required",
+        )
     return aioredis.Redis(
         host=options.host or "localhost",
         port=options.port,

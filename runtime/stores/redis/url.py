@@ -3,7 +3,7 @@
 Forms (as redis-py and most Redis clients spell them)::
 
     redis://[[user]:password@]host[:port][/db][?prefix=stint&lease=10&max_age=604800]
-    rediss://...                         (TLS)
+    rediss://...[?ssl_ca_certs=ca.pem&ssl_certfile=c.pem&ssl_keyfile=k.pem&ssl_cert_reqs=required]
     unix:///path/to/redis.sock[?db=0&password=...&prefix=...]
 
 Only the options stint knows are accepted; an unknown one is a :class:`ConfigError`
@@ -30,7 +30,12 @@ MIN_LEASE = 0.3  # below this, one slow round trip would let a healthy node laps
 
 #: Letters, digits and ``_ - . :``; no braces (Redis Cluster hash tags) and no spaces.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_KNOWN = "prefix, lease, max_age (and db, password for unix://)"
+_KNOWN = (
+    "prefix, lease, max_age; ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs for "
+    "rediss://; db, password for unix://"
+)
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+_CERT_REQS = ("required", "optional", "none")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,6 +50,12 @@ class RedisOptions:
     username: str | None
     password: str | None = dataclasses.field(repr=False)
     tls: bool
+    #: rediss:// only: CA bundle to verify the server with (default: the system's), client
+    #: certificate and key (mutual TLS), and how strictly to verify ("required": default)
+    ssl_ca_certs: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_cert_reqs: str
     prefix: str  #: every key stint writes starts with ``prefix + ":"``
     lease: float  #: seconds a node's heartbeat lives (renewed every lease / 3)
     max_age: float  #: seconds a finished record is kept
@@ -106,12 +117,30 @@ def _tcp(  # noqa: PLR0917 - private, called once
     if not host:
         raise ConfigError(f"store URL {redact(url)!r} names no host; {_FORMS}")
     db_text = path.lstrip("/")
+    tls_options = {key: options.pop(key) for key in _TLS_OPTIONS if key in options}
+    if tls_options and not tls:
+        raise ConfigError(
+            f"store URL {redact(url)!r}: {', '.join(tls_options)} only apply to TLS: use rediss://"
+        )
+    reqs = tls_options.get("ssl_cert_reqs", "required")
+    if reqs not in _CERT_REQS:
+        raise ConfigError(
+            f"store URL {redact(url)!r}: ssl_cert_reqs={reqs!r} is not valid: use "
+            "'required' (the default), 'optional' or 'none'"
+        )
     if "db" in options:
         raise ConfigError(
             f"store URL {redact(url)!r}: give the database as the path (redis://host:6379/2), "
             "not as ?db="
         )
-    return _finish(url, host, port or DEFAULT_PORT, None, db_text or "0", tls, options)
+    parsed = _finish(url, host, port or DEFAULT_PORT, None, db_text or "0", tls, options)
+    return dataclasses.replace(
+        parsed,
+        ssl_ca_certs=tls_options.get("ssl_ca_certs") or None,
+        ssl_certfile=tls_options.get("ssl_certfile") or None,
+        ssl_keyfile=tls_options.get("ssl_keyfile") or None,
+        ssl_cert_reqs=reqs,
+    )
 
 
 def _unix(url: str, netloc: str, path: str, options: dict[str, str]) -> RedisOptions:
@@ -165,6 +194,10 @@ def _finish(  # noqa: PLR0917 - private, called from the two URL forms
         username=None,
         password=None,
         tls=tls,
+        ssl_ca_certs=None,
+        ssl_certfile=None,
+        ssl_keyfile=None,
+        ssl_cert_reqs="required",
         prefix=prefix,
         lease=lease,
         max_age=max_age,
