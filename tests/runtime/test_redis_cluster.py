@@ -18,7 +18,9 @@ from runtime.stores.redis import (
     ControlChannel,
     InvokeCode,
     NodeRegistry,
+    QueueStats,
     StopRequest,
+    Transition,
     WriteCode,
 )
 from tests.conftest import eventually
@@ -351,3 +353,45 @@ async def test_a_listener_that_raises_does_not_end_the_change_feed(
             assert "listener raised" in caplog.text
         finally:
             await feed.close()
+
+
+async def test_a_reclaim_racing_the_dead_nodes_late_writes_lets_exactly_one_win(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a", "b", "c") as [a, b, c]:
+        await a.register("f")
+        ids = [f"t{i:03d}" for i in range(150)]
+        await a.invoke("f", *ids)
+        held = await a.fetch("f", len(ids))
+        running = [Transition(h.task_id, "Enqueued", "a", h.epoch, "Running", b"r") for h in held]
+        assert all(r.ok for r in await a.records.transition(running, node="a"))
+        await a.nodes.leave()  # a is dead to the others, but still writes
+        won_by_a: set[str] = set()
+        reclaimed: set[str] = set()
+
+        async def late_writes() -> None:
+            for start in range(0, len(held), 10):
+                chunk = held[start : start + 10]
+                items = [
+                    Transition(h.task_id, "Running", "a", h.epoch, "Succeeded", b"a", ACK | FINAL)
+                    for h in chunk
+                ]
+                results = await a.records.transition(items, node="a")
+                won_by_a.update(h.task_id for h, r in zip(chunk, results, strict=True) if r.ok)
+                assert all(r.ok or r.code is WriteCode.FENCED for r in results)
+                await asyncio.sleep(0)
+
+        async def reclaim(node: Node) -> None:
+            report = await node.reclaimer.reclaim("a")
+            for item in report.claimed:
+                assert (await node.move(item, "Failed", ACK | FINAL)).ok
+                reclaimed.add(item.task_id)
+
+        await asyncio.gather(late_writes(), reclaim(b), reclaim(c))
+        assert won_by_a.isdisjoint(reclaimed)
+        assert won_by_a | reclaimed == set(ids)
+        for record in await b.records.get_many(ids):
+            assert record is not None
+            expected = "Succeeded" if record.task_id in won_by_a else "Failed"
+            assert record.status == expected
+        assert await b.queue.stats(["f"]) == {"f": QueueStats(0, 0)}
