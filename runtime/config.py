@@ -9,6 +9,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgpack
+
 from .errors import ConfigError, NonRetryableError
 
 KINDS = ("async", "thread", "process")
@@ -292,3 +294,43 @@ def _path_of(name: str, what: str, target: object) -> str:
             "module, or pass its import path as 'package.module:function'"
         )
     return path
+
+
+# --- the cluster's copy of a configuration ------------------------------------------------
+
+#: What a node publishes of a function's configuration: the plain settings other nodes
+#: need to accept its tasks and to recover them (hooks and handlers stay with the code).
+_WIRE_KEYS = (
+    "kind", "max_retries", "max_event_age", "timeout", "concurrency", "max_instances",
+    "retry_backoff", "retry_backoff_max", "max_queued", "max_delay", "on_success", "on_failure",
+)  # fmt: skip
+
+
+def config_to_wire(config: FunctionConfig) -> bytes:
+    """The plain settings of ``config`` as msgpack (for the cluster's function registry)."""
+    plain: dict[str, Any] = {key: getattr(config, key) for key in _WIRE_KEYS}
+    plain["retry_on"] = [_qualname(kind) for kind in config.retry_on]
+    plain["no_retry_on"] = [_qualname(kind) for kind in config.no_retry_on]
+    packed: bytes = msgpack.packb(plain, use_bin_type=True)
+    return packed
+
+
+def config_from_wire(data: bytes) -> FunctionConfig:
+    """A configuration another node published, as far as it can be rebuilt here (the retry
+    policy keeps its default: a node without the code never runs the handler)."""
+    try:
+        plain = msgpack.unpackb(
+            data, raw=False, max_str_len=4096, max_bin_len=0, max_array_len=64,
+            max_map_len=64, max_ext_len=0,
+        )  # fmt: skip
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return FunctionConfig()
+    if not isinstance(plain, dict):
+        return FunctionConfig()
+    options = {key: plain[key] for key in _WIRE_KEYS if key in plain}
+    try:
+        config = FunctionConfig(**options)
+        _check_config(config)
+    except (TypeError, ConfigError):
+        return FunctionConfig()
+    return config

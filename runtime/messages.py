@@ -22,9 +22,13 @@ if TYPE_CHECKING:
 
 
 class Recover:
-    """The runtime restarted and found this task unfinished in a durable store."""
+    """The task was found unfinished: after a restart on a durable store, or held by a
+    node of the cluster that is gone (``lost_node``)."""
 
-    __slots__ = ()
+    __slots__ = ("lost_node",)
+
+    def __init__(self, lost_node: str | None = None) -> None:
+        self.lost_node = lost_node
 
 
 # --- to an instance pool -----------------------------------------------------

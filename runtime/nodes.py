@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import socket
-from typing import NamedTuple
+
+from .errors import ConfigError
+
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
-class NodeInfo(NamedTuple):
-    """What ``rt.nodes()`` reports of one live node."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A live node, as ``rt.nodes()`` reports it."""
 
     node_id: str
     host: str
@@ -20,21 +26,16 @@ class NodeInfo(NamedTuple):
 
 
 def default_node_id() -> str:
-    """``<host>-<pid>-<random>``: readable in logs, unique across restarts and hosts."""
-    host = socket.gethostname().split(".")[0] or "host"
+    """``<host>-<pid>-<random>``: readable in ``nodes()`` and logs, unique across restarts."""
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:80] or "host"
     return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 def check_node_id(node_id: object) -> str:
-    from .config import check_name
-    from .errors import ConfigError
-
-    try:
-        check_name(node_id)
-    except ConfigError:
+    """Return ``node_id`` if it is a valid node id, else raise :class:`ConfigError`."""
+    if not isinstance(node_id, str) or _NODE_ID_RE.fullmatch(node_id) is None:
         raise ConfigError(
-            f"node_id={node_id!r} is not valid: use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or '_' (or leave it out to get host-pid-random)"
-        ) from None
-    assert isinstance(node_id, str)
+            f"node_id {node_id!r} is not valid: use 1-128 letters, digits, '_', '-' or '.' "
+            "(or omit it to get <host>-<pid>-<random>)"
+        )
     return node_id

@@ -150,6 +150,8 @@ class InstancePoolActor(Actor):
     def _dispatch(self) -> None:
         queue = self.queue
         if not queue or (self.draining and not self.unregistered):
+            if self.entry.source is not None:
+                self._report_capacity()
             return
         max_age = self.config.max_event_age
         now = self.clock.monotonic() if max_age is not None else 0.0
@@ -166,6 +168,20 @@ class InstancePoolActor(Actor):
                 task.send(TaskActor.expired, now - enqueued_at)
                 continue
             self._reserve(slot, task)
+        if self.entry.source is not None:
+            self._report_capacity()
+
+    def _report_capacity(self) -> None:
+        """A shared store: tell the cluster's queue how many tasks this pool could start now
+        (free slots, and slots of instances it may still start, less what it holds queued),
+        so the node fetches no more than that."""
+        config = self.config
+        free = len(self.idle) + len(self.starting_free)
+        if not self.draining and self.clock.monotonic() >= self.start_blocked_until:
+            slots = config.concurrency + KINDS[config.kind].prefetch
+            free += max(0, config.max_instances - len(self.instances)) * slots
+        free -= len(self.queue) + len(self.inbox)
+        self.entry.source.want(self.spec.name, max(0, free))
 
     def _reserve(self, slot: Slot, task: ActorRef) -> None:
         instance = slot.instance
@@ -241,7 +257,7 @@ class InstancePoolActor(Actor):
         if self.queue and not self.draining and instance.state is BUSY and self._hand_on(slot):
             return
         self._release(slot)
-        if self.queue:
+        if self.queue or self.entry.source is not None:
             self._dispatch()
         if self.draining:
             self._check_drained()

@@ -28,12 +28,23 @@ class FunctionEntry:
     when a task ends. All of it is touched only on the loop thread.
     """
 
-    __slots__ = ("inbox", "live", "metrics", "pool", "queued", "spec", "wake_pending")
+    __slots__ = (
+        "inbox",
+        "live",
+        "metrics",
+        "pool",
+        "queued",
+        "source",
+        "spec",
+        "wake_pending",
+    )
 
     def __init__(self, spec: FunctionSpec, metrics: FunctionMetrics) -> None:
         self.spec = spec
         self.metrics = metrics
         self.pool: ActorRef | None = None
+        #: a shared store's queue: told how many slots the pool has free (None: local)
+        self.source: Any = None
         self.inbox: deque[tuple[ActorRef, float | None]] = deque()
         self.wake_pending = False
         self.queued = 0
@@ -53,11 +64,13 @@ class Services:
         "invoke_destination",
         "now",
         "random",
+        "shared",
         "slot_free",
         "store",
         "store_update",
         "system",
         "task_finished",
+        "task_released",
         "watched",
     )
 
@@ -71,6 +84,7 @@ class Services:
         rng: random.Random,
         waits: Waits,
         invoke_destination: Callable[[str, str, bytes, str], str],
+        task_released: Callable[[TaskRecord, FunctionEntry, float], None],
     ) -> None:
         self.system = system
         self.clock = clock
@@ -84,6 +98,10 @@ class Services:
         self.watched = waits.watched  # task id -> watchers: non-empty only while someone watches
         # (function, task id, payload, source task id) -> what the source's event says
         self.invoke_destination = invoke_destination
+        # A shared store (a cluster): a task that must wait again (a retry's backoff, a
+        # recovery) is given back to the cluster instead of waiting here.
+        self.shared: bool = bool(getattr(store, "shared", False))
+        self.task_released = task_released
         self.changed = waits.changed
         # What an instance calls (with ActorRef.send) when an attempt ends: the task's
         # and the pool's methods, handed over here so instance kinds need neither class.

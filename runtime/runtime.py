@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -23,7 +23,14 @@ from actors import ActorRef, ActorSystem, Clock, SystemClock
 
 from . import codec
 from .client import RuntimeClient
-from .config import FunctionSpec, check_name, make_spec
+from .config import (
+    FunctionConfig,
+    FunctionSpec,
+    check_name,
+    config_from_wire,
+    config_to_wire,
+    make_spec,
+)
 from .errors import (
     ConfigError,
     FunctionNotFoundError,
@@ -79,6 +86,9 @@ _ENQUEUED = TaskState.ENQUEUED
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None)})
 F = TypeVar("F", bound=Callable[..., Any])
 
+if TYPE_CHECKING:
+    from .cluster.tasks import ClusterTasks
+
 
 class Runtime:
     """Registers functions, accepts tasks, runs them on warm instances, tracks every state.
@@ -115,20 +125,22 @@ class Runtime:
                 "generation-0 threshold while the runtime runs), or None to leave it alone"
             )
         self._gc = _GcThreshold(gc_threshold)
-        #: This runtime's name as a node (of a cluster, on a shared store).
-        self.node_id = default_node_id() if node_id is None else check_node_id(node_id)
         self._started_at = 0.0
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.tick_interval = tick_interval
         self.close_timeout = close_timeout
-        self._store: Store = open_store(store, self.clock)
+        #: This runtime's name as a node (of a cluster, on a shared store).
+        self.node_id = default_node_id() if node_id is None else check_node_id(node_id)
+        self._store: Store = open_store(store, self.clock, self.node_id)
         self._random = random.Random(seed)
         self._functions: dict[str, FunctionEntry] = {}
         self._pools: list[ActorRef] = []  # every pool ever started, retiring ones included
         self._live: dict[str, ActorRef] = {}  # task id -> actor, while the task is not terminal
         self._orphans: dict[str, builtins.list[TaskRecord]] = {}  # recovered, function unknown
         self._waits = Waits()
+        self._cluster: ClusterTasks | None = None  # on a shared store: the cluster half
+        self._registering: dict[str, asyncio.Task[Any]] = {}  # cluster registrations under way
         self._delivering: Counter[str] = Counter()  # destination tasks being stored, by function
         self._last_created = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -222,6 +234,7 @@ class Runtime:
             self._random,
             self._waits,
             self._invoke_destination,
+            self._task_released,
         )
         self._supervisor = self._system.spawn(
             SupervisorActor, self.tick_interval, name="supervisor"
@@ -229,10 +242,25 @@ class Runtime:
         self._state = "started"
         self._gc.apply()
         self._collector.bind(asyncio.get_running_loop())
+        if self._store.shared:
+            self._cluster = self._join_cluster()
         for entry in self._functions.values():
             self._start_pool(entry)
         self._recover(recovered)
+        if self._cluster is not None:
+            await self._cluster.node.start()
         self._system.scheduler.call_later(1.0, self._maintain)
+
+    def _join_cluster(self) -> ClusterTasks:
+        from .cluster.tasks import ClusterTasks
+        from .stores.redis.store import RedisStore
+
+        assert isinstance(self._store, RedisStore)
+        return ClusterTasks(self, self._store)
+
+    def _function_config(self, name: str) -> bytes:
+        """What the cluster's registry keeps of a function this node serves."""
+        return config_to_wire(self._functions[name].spec.config)
 
     async def _undo_start(self) -> None:
         """``start`` failed after the store opened: close whatever it started, store
@@ -301,6 +329,8 @@ class Runtime:
 
     async def _wind_down(self) -> None:
         """Let running attempts finish (up to close_timeout), then PreStop every instance."""
+        if self._cluster is not None:
+            await self._cluster.node.stop_taking_work()  # no more work from the cluster
         pools = [pool for pool in self._pools if pool.is_alive]
         running = sum(await self._ask_each(pools, Running))
         if running:
@@ -325,6 +355,8 @@ class Runtime:
 
     async def _tear_down(self, *, hurry: bool) -> None:
         """Stop background work, account for unfinished tasks, close actors and the store."""
+        if self._cluster is not None:
+            await self._cluster.node.close()  # its loops first: they are background work too
         if hurry:
             for pool in self._pools:
                 pool.tell(Interrupt())
@@ -360,7 +392,9 @@ class Runtime:
         if not total:
             return
         states = ", ".join(f"{state}: {count}" for state, count in sorted(unfinished.items()))
-        if self._store.durable:
+        if self._store.shared:
+            fate = f"kept in {self._store.url}: the other nodes reclaim them"
+        elif self._store.durable:
             fate = f"kept in {self._store.url}: they are recovered on the next start"
         else:
             fate = "lost: the memory store keeps nothing (use a durable store to keep them)"
@@ -434,6 +468,10 @@ class Runtime:
             self._start_pool(entry)
             for record in self._orphans.pop(name, []):
                 self._adopt(record, entry)
+            if self._cluster is not None:  # recorded cluster-wide; invoke waits for it
+                self._registering[name] = self._background.start(
+                    self._cluster.node.register(name), f"stint-register-{name}"
+                )
 
     @overload
     def function(self, name: F) -> F: ...
@@ -467,8 +505,26 @@ class Runtime:
         entry = self._functions.pop(name, None)
         if entry is None:
             raise FunctionNotFoundError(self._not_found(name))
+        if self._cluster is not None:  # this node stops serving it; its tasks wait for others
+            self._cluster.node.source.stop_serving(name)
         if self._supervisor is not None and self._state == "started":
             self._supervisor.tell(RemoveFunction(name))
+
+    async def delete_function(self, name: str) -> None:
+        """Remove a function everywhere: this node stops serving it and, on a shared store,
+        the cluster forgets it (new invokes are refused) and its queued tasks become
+        Invalid ("function deleted"). On a store that is not shared it is
+        :meth:`unregister`."""
+        self._check_running()
+        check_name(name)
+        if name in self._functions:
+            self.unregister(name)
+        elif self._cluster is None:
+            raise FunctionNotFoundError(self._not_found(name))
+        if self._cluster is not None and not await self._cluster.delete_function(name):
+            raise FunctionNotFoundError(
+                f"no function named {name!r} is registered in the cluster; nothing to delete"
+            )
 
     @property
     def functions(self) -> dict[str, FunctionSpec]:
@@ -476,6 +532,8 @@ class Runtime:
 
     def _start_pool(self, entry: FunctionEntry) -> None:
         assert self._system is not None and self._supervisor is not None and self._services
+        if self._cluster is not None:
+            entry.source = self._cluster.node.source  # its work comes from the cluster
         entry.pool = self._system.spawn(
             InstancePoolActor,
             entry.spec,
@@ -526,6 +584,8 @@ class Runtime:
         note: str = "accepted",
     ) -> str:
         """Store a new Enqueued task (its payload already encoded) and queue it."""
+        if self._cluster is not None:
+            return await self._accept_shared(name, data, task_id, delay=delay, note=note)
         clock = self.clock
         try:  # zero-cost while nothing raises: only a rejected invoke pays for its count
             self._check_running()
@@ -583,6 +643,47 @@ class Runtime:
             now = math.nextafter(self._last_created, math.inf)
         self._last_created = now
         return now
+
+    async def _accept_shared(
+        self, name: str, data: bytes, task_id: str | None, *, delay: float | None, note: str
+    ) -> str:
+        """A shared store: the task is stored with its queue entry in the cluster, where
+        whichever node has a free slot takes it (maybe this one); no actor is made here."""
+        try:
+            self._check_running()
+            config = await self._cluster_config(name)
+            if task_id is not None:
+                check_task_id(task_id)
+            if delay is not None:
+                _check_delay(delay, config.max_delay, name)
+            record = await self._store_new(name, data, task_id, note, delay)
+        except StintError as error:
+            self._count_rejected(name, error)
+            raise
+        metrics = self._metrics.get(name)
+        if metrics is not None:
+            metrics.submitted += 1
+        if delay and self._cluster is not None:
+            self._cluster.node.due_soon()
+        return record.task_id
+
+    async def _cluster_config(self, name: str) -> FunctionConfig:
+        """The settings of a function for an invoke on a shared store: this node's own if it
+        serves it (registered in the cluster first), else the cluster's."""
+        assert self._cluster is not None
+        registering = self._registering.pop(name, None)
+        if registering is not None:
+            await registering
+        entry = self._functions.get(name)
+        if entry is not None:
+            return entry.spec.config
+        info = await self._cluster.node.function(name)
+        if info is None:
+            raise FunctionNotFoundError(
+                f"no node of the cluster has registered a function named {name!r}; register "
+                "it on a node first"
+            )
+        return config_from_wire(info.config)
 
     async def _store_new(
         self, name: str, data: bytes, task_id: str | None, note: str, delay: float | None
@@ -662,6 +763,15 @@ class Runtime:
                 del self._delivering[name]
                 self._waits.idle(self._idle)
 
+    def _task_released(self, record: TaskRecord, entry: FunctionEntry, delay: float) -> None:
+        """A shared store: a task actor gave its task back to the cluster (not finished)."""
+        self._live.pop(record.task_id, None)
+        entry.live -= 1
+        if self._waits.has_joiners and (entry.live == 0 or not self._live):
+            self._waits.idle(self._idle)
+        assert self._cluster is not None
+        self._cluster.released(record, entry, delay)
+
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
         self._live.pop(record.task_id, None)
         entry.live -= 1
@@ -677,6 +787,9 @@ class Runtime:
         Tasks invoked while waiting count too. Raises :class:`WaitTimeoutError`.
         """
         self._check_running()
+        if self._cluster is not None:
+            await self._cluster.join(name, timeout)
+            return
         if name is not None and name not in self._functions:
             raise FunctionNotFoundError(self._not_found(name))
         await self._waits.join(name, timeout, self._idle)
@@ -698,6 +811,8 @@ class Runtime:
         Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
         """
         self._check_running()
+        if self._cluster is not None and task_id not in self._live:
+            return await self._cluster.wait(task_id, timeout)  # held elsewhere, or by nobody
         if task_id not in self._live:  # a live task is unfinished: no need to read it
             record = await self._record(task_id)
             if record.is_terminal:
@@ -721,7 +836,8 @@ class Runtime:
         raises :class:`TaskNotFoundError` for an unknown id.
         """
         self._check_running()
-        return TaskWatch(task_id, self._store.get, self._waits, poll=None)
+        poll = None if self._cluster is None else 1.0  # elsewhere in a cluster: look again too
+        return TaskWatch(task_id, self._store.get, self._waits, poll=poll)
 
     async def stop(self, task_id: str) -> TaskRecord:
         """Stop a task; returns its record once Stopped.
@@ -735,6 +851,8 @@ class Runtime:
             reply: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
             ref.send(TaskActor.request_stop, reply)
             return await reply
+        if self._cluster is not None:
+            return await self._cluster.stop(task_id)
         record = await self._record(task_id)
         if record.status is TaskState.STOPPED:
             return record.copy()
@@ -840,6 +958,8 @@ class Runtime:
         """The live nodes of this runtime's cluster; on a store that is not shared, just
         this runtime (``rt.store.shared`` says which)."""
         self._check_running()
+        if self._cluster is not None:
+            return await self._cluster.store.nodes.nodes()
         now = self.clock.time()
         in_flight = sum(entry.live for entry in self._functions.values())
         return [

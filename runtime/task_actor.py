@@ -65,6 +65,7 @@ class TaskActor(Actor):
         entry: FunctionEntry,
         services: Services,
         event: object = NOT_DECODED,
+        counted: bool = True,
     ) -> None:
         self.record = record
         self.entry = entry
@@ -74,13 +75,13 @@ class TaskActor(Actor):
         self.event = event
         self.attempt: Attempt | None = None  # the attempt under way, until its outcome
         self.place: str | None = QUEUED
-        self.counted = True  # still counted in entry.queued (accepted, not yet dequeued)
+        self.counted = counted  # still counted in entry.queued (accepted, not yet dequeued)
         self.retry_timer: TimerHandle | None = None
         self.stop_replies: list[asyncio.Future[TaskRecord]] | None = None  # only if stopped
 
     def receive(self, message: Any) -> Any:
         if type(message) is Recover:
-            self._recover()
+            self._recover(message.lost_node)
             return None
         raise TypeError(f"a task actor does not handle {type(message).__name__}")
 
@@ -196,8 +197,12 @@ class TaskActor(Actor):
             self._resubmit()  # the retry waits for another instance
 
     def invalidate(self, reason: str) -> None:
-        """The task can never run (its function was unregistered)."""
+        """The task can never run here (its function was unregistered)."""
         status = self.record.status
+        if self.services.shared and (status is ENQUEUED or status is DEQUEUED):
+            self._uncount()
+            self._give_back(0.0)  # unregistered on this node only: another node may run it
+            return
         if status is ENQUEUED:
             self._move(DEQUEUED, "dequeued to be invalidated")
         elif status is not DEQUEUED:
@@ -288,7 +293,9 @@ class TaskActor(Actor):
             self.entry.metrics.retries += 1
             delay = self._backoff(record.retries)
             self._move(RETRYING, f"{what}; retry {record.retries} in {delay:.3f} s")
-            if delay > 0:
+            if self.services.shared:
+                self._give_back(delay)  # the backoff waits in the cluster's due set
+            elif delay > 0:
                 self.retry_timer = self.services.system.scheduler.call_later(
                     delay, self.ref.send, TaskActor.retry_due
                 )
@@ -311,10 +318,21 @@ class TaskActor(Actor):
             self._resubmit()
 
     def _resubmit(self, enqueued_at: float | None = None) -> None:
+        if self.services.shared:
+            self._give_back(0.0)  # any node with a free slot may take it
+            return
         pool = self.entry.pool
         assert pool is not None
         self.place = QUEUED
         pool.send(InstancePoolActor.resubmit, self.ref, enqueued_at)
+
+    def _give_back(self, delay: float) -> None:
+        """A shared store: hand the task back to the cluster, queued again now or after
+        ``delay`` s (a retry's backoff, on the cluster's clock). This node no longer
+        holds it, so the actor goes, though the task is not over."""
+        self.place = None
+        self.ref._stop_requested = True  # stop_self(), as _finish does
+        self.services.task_released(self.record, self.entry, delay)
 
     # stop -----------------------------------------------------------------------------
 
@@ -345,7 +363,10 @@ class TaskActor(Actor):
                 self.attempt = None
         self._move(STOPPING, f"stop requested while {status}")
         pool = self.entry.pool
-        assert pool is not None
+        if pool is None:  # a cluster's task of a function not served here: nothing runs
+            self._move(STOPPED, f"stopped before running (was {status})")
+            self._finish()
+            return
         if status is RUNNING:
             assert self.attempt is not None
             pool.send(InstancePoolActor.restart_for_stop, self.ref, self.attempt)
@@ -362,25 +383,29 @@ class TaskActor(Actor):
 
     # recovery -------------------------------------------------------------------------
 
-    def _recover(self) -> None:
-        """Pick the task up where a crashed runtime left it (docs/stores.md)."""
+    def _recover(self, lost_node: str | None) -> None:
+        """Pick the task up where a crashed runtime (or a lost node) left it (docs/stores.md)."""
         record = self.record
         status = record.status
         self.entry.metrics.entered[status] += 1  # this runtime adopts it in that state
         self.place = None
+        how = "after a restart" if lost_node is None else f"from lost node {lost_node}"
         self.counted = status is ENQUEUED or status is DEQUEUED
         if self.counted:
-            self._note("recovered after a restart: queued again")
+            self._note(f"recovered {how}: queued again")
             self._queue_again()
         elif status is RUNNING:
-            self._note("recovered after a restart: the attempt under way was lost")
-            lost = ErrorInfo("RuntimeRestartedError", "runtime restarted during attempt", "")
+            self._note(f"recovered {how}: the attempt under way was lost")
+            if lost_node is None:
+                lost = ErrorInfo("RuntimeRestartedError", "runtime restarted during attempt", "")
+            else:
+                lost = ErrorInfo("NodeLostError", f"node {lost_node} was lost during attempt", "")
             self._attempt_failed(lost, retryable=True)
         elif status is RETRYING:
-            self._note("recovered after a restart: the retry goes ahead")
+            self._note(f"recovered {how}: the retry goes ahead")
             self._resubmit()
         elif status is STOPPING:
-            self._move(STOPPED, "recovered after a restart: the stop completes")
+            self._move(STOPPED, f"recovered {how}: the stop completes")
             self._finish()
 
     def _queue_again(self) -> None:
@@ -390,7 +415,11 @@ class TaskActor(Actor):
         clock = self.services.clock
         now = clock.time()
         since = record.created_at if record.due_at is None else record.due_at
-        if since > now:
+        if self.services.shared:
+            self.counted = False
+            self.entry.queued -= 1
+            self._give_back(max(0.0, since - now))
+        elif since > now:
             pool = self.entry.pool
             assert pool is not None
             self.place = QUEUED

@@ -1,4 +1,8 @@
-"""Stores, chosen by URL: ``memory://`` (default), ``sqlite:///path.db``. One module per store."""
+"""Stores, chosen by URL: ``memory://`` (default), ``sqlite:///path.db``, ``redis://host``.
+
+One module (or package) per store. The Redis store is imported only when a URL names
+it, so a runtime that never uses Redis never loads redis-py.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,11 @@ from .sqlite import SQLiteStore
 __all__ = ["MemoryStore", "SQLiteStore", "Store", "open_store"]
 
 
-def open_store(url: str, clock: Clock) -> Store:
-    """Build the store a URL names; raises :class:`ConfigError` for an unknown or bad URL."""
+def open_store(url: str, clock: Clock, node_id: str = "") -> Store:
+    """Build the store a URL names; raises :class:`ConfigError` for an unknown or bad URL.
+
+    ``node_id`` names this runtime in a cluster (a shared store).
+    """
     if not isinstance(url, str):
         raise ConfigError(
             f"store must be a URL string such as 'memory://', got {type(url).__name__}"
@@ -30,9 +37,15 @@ def open_store(url: str, clock: Clock) -> Store:
         return MemoryStore(clock, max_records=int(max_records), max_age=max_age, url=url)
     if parts.scheme == "sqlite":
         return _sqlite(url, parts.netloc, parts.path, options, clock)
+    if parts.scheme in ("redis", "rediss", "unix"):
+        from .redis.store import RedisStore
+        from .redis.url import parse_redis_url
+
+        return RedisStore(parse_redis_url(url), clock, node_id)
     raise ConfigError(
-        f"unknown store URL {url!r}: use 'memory://' (optionally ?max_records=N&max_age=S) "
-        "or 'sqlite:///relative/path.db' / 'sqlite:////absolute/path.db'"
+        f"unknown store URL {url!r}: use 'memory://' (optionally ?max_records=N&max_age=S), "
+        "'sqlite:///relative/path.db' / 'sqlite:////absolute/path.db', or "
+        "'redis://host:port/db' (also rediss:// and unix:///path/redis.sock)"
     )
 
 

@@ -19,10 +19,11 @@ docs/cluster.md describes the data model, the keys and the scripts.
 
 from __future__ import annotations
 
+from ...nodes import NodeInfo, check_node_id, default_node_id
 from .client import Backoff, RedisConnection, StoreUnavailableError
 from .control import ChangeFeed, ControlChannel, StopRequest
-from .keys import GROUP, RedisKeys, check_node_id, default_node_id
-from .nodes import Beat, FunctionInfo, FunctionRegistry, NodeInfo, NodeRegistry
+from .keys import GROUP, RedisKeys
+from .nodes import Beat, FunctionInfo, FunctionRegistry, NodeRegistry
 from .queue import Claimed, Fetched, QueueStats, RedisQueue
 from .reclaim import Reclaimer, ReclaimReport
 from .records import (

@@ -7,11 +7,7 @@ See docs/cluster.md for what each key holds.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-
-from ...errors import ConfigError
 
 #: The one consumer group of every function's stream; each node is a consumer.
 GROUP = "workers"
@@ -79,19 +75,3 @@ class RedisKeys:
         if status is not None:
             return self.idx_status(status)
         return self.idx_all
-
-
-def default_node_id() -> str:
-    """``<host>-<pid>-<random>``: readable in ``nodes()``, unique across restarts."""
-    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:80] or "host"
-    return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
-
-
-def check_node_id(node_id: object) -> str:
-    """Return ``node_id`` if it is a valid node id, else raise :class:`ConfigError`."""
-    if not isinstance(node_id, str) or _NODE_ID_RE.fullmatch(node_id) is None:
-        raise ConfigError(
-            f"node_id {node_id!r} is not valid: use 1-128 letters, digits, '_', '-' or '.' "
-            "(or omit it to get <host>-<pid>-<random>)"
-        )
-    return node_id

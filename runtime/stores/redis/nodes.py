@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from ...errors import StoreError
+from ...nodes import NodeInfo
 from . import scripts
 from .client import RedisConnection
 from .replies import fields as hash_fields
@@ -46,19 +47,6 @@ class Beat(enum.IntEnum):
     CAME_BACK = 2
     #: the lease lapsed and another node is reclaiming this one now: try again shortly
     BEING_RECLAIMED = -1
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A live node of the cluster, as ``rt.nodes()`` returns it."""
-
-    node_id: str
-    host: str
-    pid: int
-    started_at: float
-    heartbeat_at: float
-    functions: tuple[str, ...]
-    in_flight: int
 
 
 class NodeRegistry:

@@ -175,6 +175,14 @@ class RecordStore:
         rows = await self.conn.commands([("HMGET", self.keys.task(t), *fields) for t in task_ids])
         return [_stored(task_id, row) for task_id, row in zip(task_ids, rows, strict=True)]
 
+    async def count_unfinished(self, function: str | None = None) -> int:
+        """Tasks not terminal yet (of ``function``, or of every function), in one round trip."""
+        unfinished = ("Enqueued", "Dequeued", "Running", "Retrying", "Stopping")
+        counts = await self.conn.commands(
+            [("ZCARD", self.keys.index(function, status)) for status in unfinished]
+        )
+        return sum(int(count) for count in counts)
+
     async def unowned(self, function: str, limit: int = 500) -> builtins.list[StoredRecord]:
         """The oldest tasks of ``function`` that no node holds and that have not finished
         (queued, or waiting out a retry backoff), at most ``limit``.

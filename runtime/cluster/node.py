@@ -1,0 +1,227 @@
+"""One runtime as a node of a cluster on a shared store.
+
+A node is an ordinary runtime: the same supervisor, pools, task actors and
+instances. On a ``redis://`` store it adds the queue source (pools take their work
+from the cluster's streams), three small actors (heartbeat, reclaimer, control
+reader), the due mover (retries and delayed starts into the streams, exactly once
+whichever node's timer fires first), the change feed (waiters anywhere hear of
+every write) and retention. :class:`ClusterNode` starts and stops all of it; the
+runtime tells it what it serves and gets the tasks it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from actors import ActorRef, ActorSystem
+
+from ..errors import StoreError
+from ..hooks import BackgroundTasks
+from ..stores.redis.control import ChangeFeed, ControlChannel
+from ..stores.redis.nodes import FunctionInfo
+from ..stores.redis.queue import Claimed
+from ..stores.redis.reclaim import Reclaimer
+from ..stores.redis.store import RedisStore
+from .actors import ControlReaderActor, HeartbeatActor, ReclaimerActor
+from .source import SharedSource
+
+logger = logging.getLogger("stint")
+
+_DUE_EVERY = 0.25  # seconds between looks at the due set at most
+_SWEEP_EVERY = 60.0  # seconds between retention sweeps of the indexes
+_STATS_EVERY = 2.0  # seconds between reads of queue depths (metrics)
+_FUNCTIONS_EVERY = 5.0  # seconds a node keeps the cluster's function list before reading again
+
+
+class ClusterHooks:
+    """What the node needs of its runtime (plain callables: the node knows no Runtime)."""
+
+    def __init__(
+        self,
+        *,
+        served: Callable[[], list[str]],
+        in_flight: Callable[[], int],
+        held: Callable[[], set[str]],
+        adopt: Callable[[list[Claimed]], None],
+        stop_requested: Callable[[str], None],
+        changed: Callable[[list[str]], None],
+        gap: Callable[[], None],
+        function_config: Callable[[str], bytes],
+    ) -> None:
+        self.served = served
+        self.in_flight = in_flight
+        self.held = held
+        self.adopt = adopt
+        self.stop_requested = stop_requested
+        self.changed = changed
+        self.gap = gap
+        self.function_config = function_config
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        store: RedisStore,
+        system: ActorSystem,
+        background: BackgroundTasks,
+        hooks: ClusterHooks,
+    ) -> None:
+        self.store = store
+        self._system = system
+        self._background = background
+        self._hooks = hooks
+        self.source = SharedSource(store.queue, hooks.adopt, store.nodes.lease_valid)
+        self.reclaimer = Reclaimer(store.conn, store.node_id)
+        self._feed = ChangeFeed(store.conn, hooks.changed, hooks.gap)
+        self._actors: list[ActorRef] = []
+        self._loops: list[asyncio.Task[Any]] = []
+        self._due_soon = asyncio.Event()
+        self._functions: dict[str, FunctionInfo] = {}
+        self._functions_read = float("-inf")
+        self.queue_stats: dict[str, tuple[int, int]] = {}  # fn -> (depth, pending): metrics
+
+    # starting and stopping ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        for name in self._hooks.served():
+            await self.register(name)
+        await self._feed.start()
+        self._adopt_own_pending_soon()
+        bg = self._background
+        self._loops = [
+            bg.start(self.source.run(), "stint-cluster-fetch"),
+            bg.start(self._move_due(), "stint-cluster-due"),
+            bg.start(self._maintain(), "stint-cluster-maintain"),
+        ]
+        spawn = self._system.spawn
+        nodes = self.store.nodes
+        self._actors = [
+            spawn(HeartbeatActor, bg, nodes, self._status, self._came_back, name="heartbeat"),
+            spawn(ReclaimerActor, bg, nodes, self.reclaimer, self._hooks.adopt, name="reclaimer"),
+            spawn(
+                ControlReaderActor,
+                bg,
+                ControlChannel(self.store.conn, self.store.node_id),
+                self._hooks.stop_requested,
+                name="control-reader",
+            ),
+        ]
+
+    async def stop_taking_work(self) -> None:
+        """The runtime closes: no more fetching (what this node holds goes on)."""
+        if self._loops:
+            fetch = self._loops[0]
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+
+    async def close(self) -> None:
+        for actor in self._actors:
+            actor.stop()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, StoreError):
+                await loop
+        await self._feed.close()
+
+    # functions ------------------------------------------------------------------------------
+
+    async def register(self, name: str) -> None:
+        """Record a function this node serves, cluster-wide."""
+        config = self._hooks.function_config(name)
+        kind = msgpack.unpackb(config).get("kind", "async")
+        await self.store.functions.register(name, kind, config, now=_now())
+        self._functions_read = float("-inf")
+
+    def register_soon(self, name: str) -> None:
+        self._background.start(self._register_quietly(name), f"stint-register-{name}")
+
+    async def _register_quietly(self, name: str) -> None:
+        try:
+            await self.register(name)
+        except StoreError as exc:
+            logger.error("stint: could not register %r in the cluster: %s", name, exc)
+
+    async def function(self, name: str) -> FunctionInfo | None:
+        """A function as the cluster knows it (read at most every few seconds)."""
+        loop = asyncio.get_running_loop()
+        if name not in self._functions or loop.time() - self._functions_read > _FUNCTIONS_EVERY:
+            self._functions = {info.name: info for info in await self.store.functions.all()}
+            self._functions_read = loop.time()
+        return self._functions.get(name)
+
+    def cached_function(self, name: str) -> FunctionInfo | None:
+        return self._functions.get(name)
+
+    # the moving parts ---------------------------------------------------------------------
+
+    def due_soon(self) -> None:
+        """A delayed task was just invoked here: look at the due set early."""
+        self._due_soon.set()
+
+    async def _move_due(self) -> None:
+        while True:
+            wait = _DUE_EVERY
+            try:
+                moved, next_due = await self.store.queue.move_due()
+                if next_due is not None:
+                    wait = min(wait, max(0.0, next_due))
+                if moved:
+                    wait = 0.0 if next_due == 0 else wait
+            except StoreError:
+                wait = 1.0
+            self._due_soon.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._due_soon.wait()
+
+    async def _maintain(self) -> None:
+        since_sweep = 0.0
+        while True:
+            await asyncio.sleep(_STATS_EVERY)
+            since_sweep += _STATS_EVERY
+            try:
+                served = self._hooks.served()
+                stats = await self.store.queue.stats(served)
+                self.queue_stats = {fn: (s.depth, s.pending) for fn, s in stats.items()}
+                if since_sweep >= _SWEEP_EVERY:
+                    since_sweep = 0.0
+                    await self.store.records.sweep()
+            except StoreError as exc:
+                logger.debug("stint: cluster maintenance could not reach Redis: %s", exc)
+
+    def _status(self) -> tuple[list[str], int]:
+        return self._hooks.served(), self._hooks.in_flight()
+
+    def _came_back(self) -> None:
+        """The lease had lapsed: Redis may have lost its data (a restart), so register again,
+        and take back what this node's pending lists hold that it does not know of."""
+        for name in self._hooks.served():
+            self.register_soon(name)
+        self._adopt_own_pending_soon()
+
+    def _adopt_own_pending_soon(self) -> None:
+        self._background.start(self._adopt_own_pending(), "stint-cluster-adopt")
+
+    async def _adopt_own_pending(self) -> None:
+        try:
+            functions = await self.store.functions.names()
+            claimed = await self.store.queue.adopt(functions, self._hooks.held())
+        except StoreError as exc:
+            logger.warning("stint: could not look for this node's own pending tasks: %s", exc)
+            return
+        if claimed:
+            self._hooks.adopt(claimed)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,253 @@
+"""The ``redis://`` store: task records shared by every node of a cluster.
+
+It keeps the :class:`~runtime.stores.base.Store` promises — ``add`` returns once the
+record, its indexes and its queue entry are written atomically; transitions are
+written behind, coalesced per task, as compare-and-sets fenced by the owner and
+epoch — and adds what a shared store needs: tasks this node holds (``hold``, after a
+fetch or a reclaim), tasks it gives back (``release``: a retry's backoff waits in
+the due set, where any node may take it up), and the stored fields a stop from
+another node compares (``stored``, ``transition_now``). The cluster's moving parts
+(fetching, heartbeats, reclaims, stop requests, change notifications) live in
+``runtime/cluster``; this is only where records are.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Awaitable, Callable
+
+from actors import Clock
+
+from ...errors import FunctionNotFoundError, StoreError, TaskExistsError
+from ...listing import Query
+from ...record import TaskRecord
+from ...states import NAME, TERMINAL, TaskState
+from ...wire import WireFormatError, pack_record, unpack_record
+from . import scripts
+from .client import RedisConnection
+from .nodes import FunctionRegistry, NodeRegistry
+from .queue import RedisQueue
+from .records import (
+    InvokeCode,
+    NewTask,
+    RecordStore,
+    StoredRecord,
+    Transition,
+    WriteCode,
+    WriteResult,
+)
+from .url import RedisOptions
+from .writer import InvokeBatcher, RecordWriter
+
+logger = logging.getLogger("stint")
+
+#: (task id, the write Redis refused, why): the runtime decides what that means for it.
+Refused = Callable[[str, Transition, WriteResult], None]
+_TERMINAL_NAMES = frozenset(NAME[state] for state in TERMINAL)
+
+
+class RedisStore:
+    """Task records in Redis, shared by every runtime on the same URL and prefix."""
+
+    durable = True
+    shared = True
+    writes_updates = True
+
+    def __init__(self, options: RedisOptions, clock: Clock, node_id: str) -> None:
+        self.options = options
+        self.url = options.safe_url
+        self.max_age = options.max_age
+        self.node_id = node_id
+        self._clock = clock
+        self.quarantined = 0  #: records whose blob did not decode (skipped, logged)
+        self.conn = RedisConnection(options, client_name=f"stint:{node_id}")
+        self.records = RecordStore(self.conn)
+        self.writer = RecordWriter(
+            self.records, node_id, pack=pack_record, on_refused=self._refused
+        )
+        self.invokes = InvokeBatcher(self.records)
+        self.queue = RedisQueue(self.conn, node_id)
+        self.nodes = NodeRegistry(
+            self.conn, node_id, clock=clock.time, monotonic=_real_monotonic(clock)
+        )
+        self.functions = FunctionRegistry(self.conn, node_id)
+        self._held: dict[str, TaskRecord] = {}  # tasks this node holds: their freshest copy
+        #: told of writes Redis refused (set by the runtime's cluster node)
+        self.on_refused: Refused | None = None
+
+    # opening and closing ----------------------------------------------------------------
+
+    async def open(self) -> builtins.list[TaskRecord]:
+        """Reach Redis and join the cluster. Nothing is recovered here: a node's tasks are
+        in Redis, and the cluster node adopts or reclaims them once the runtime runs."""
+        await self.conn.connect()
+        try:
+            await self.nodes.join()
+        except BaseException:
+            await self.conn.close()
+            raise
+        return []
+
+    async def close(self) -> None:
+        """Write what is pending (for a few seconds at most), leave the cluster, disconnect."""
+        try:
+            unwritten = await self.writer.close(timeout=5.0)
+            if unwritten:
+                logger.error(
+                    "stint: %d task change(s) could not be written to %s before closing; the "
+                    "tasks stay as Redis has them, and another node reclaims what this one held",
+                    unwritten,
+                    self.url,
+                )
+            await self.invokes.close()
+            try:
+                await self.nodes.leave()  # the others reclaim what this node still holds, now
+            except StoreError as exc:
+                logger.warning("stint: could not leave the cluster cleanly: %s", exc)
+        finally:
+            await self.conn.close()
+
+    async def ping(self) -> None:
+        await self.conn.command("PING")
+
+    # the Store protocol -----------------------------------------------------------------
+
+    def add(self, record: TaskRecord) -> Awaitable[None]:
+        delay_ms = None
+        if record.due_at is not None:
+            delay_ms = max(0, round((record.due_at - record.created_at) * 1000))
+        task = NewTask(record.task_id, record.function, record.created_at, pack_record(record))
+        if delay_ms:
+            task = NewTask(task.task_id, task.function, task.created_at, task.blob, delay_ms)
+        return self._added(record, self.invokes.add(task))
+
+    async def _added(self, record: TaskRecord, pending: Awaitable[InvokeCode]) -> None:
+        code = await pending
+        if code is InvokeCode.EXISTS:
+            raise TaskExistsError(
+                f"a task with id {record.task_id!r} already exists in the cluster; pick another "
+                "id, or omit task_id to get a generated one"
+            )
+        if code is InvokeCode.NO_FUNCTION:
+            raise FunctionNotFoundError(
+                f"no node of the cluster at {self.url} has registered {record.function!r} (or "
+                "it was deleted); register it on a node first"
+            )
+
+    def update(self, record: TaskRecord) -> None:
+        self.writer.put(record.task_id, NAME[record.status], record)
+
+    def finished(self, record: TaskRecord) -> None:
+        # A terminal status is final in Redis whatever the flags: acknowledged, kept
+        # for max_age, then its index entries are swept.
+        self._held.pop(record.task_id, None)
+        self.writer.put(record.task_id, NAME[record.status], record, scripts.FINAL)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        held = self._held.get(task_id)
+        if held is not None:
+            return held
+        stored = await self.records.get(task_id)
+        return None if stored is None else self._unpack(stored.task_id, stored.blob)
+
+    async def list(self, query: Query) -> builtins.list[TaskRecord]:
+        start = query.start_after
+        page = await self.records.list(
+            function=query.function,
+            status=query.status,
+            prefix=query.prefix,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            order=query.order,
+            cursor=None if start is None else f"{start[0]!r}:{start[1]}",
+            limit=query.limit + 1,
+        )
+        found: builtins.list[TaskRecord] = []
+        for blob in page.blobs:
+            record = self._unpack("", blob)
+            if record is not None:
+                found.append(self._held.get(record.task_id, record))
+        return found
+
+    def evict(self) -> int:
+        return 0  # records expire in Redis; the cluster node sweeps the indexes
+
+    # what a shared store adds ---------------------------------------------------------------
+
+    def hold(self, record: TaskRecord, epoch: int, status: str) -> None:
+        """This node now holds the task (a fetch or a reclaim claimed it at ``epoch``)."""
+        self._held[record.task_id] = record
+        self.writer.own(record.task_id, epoch, status)
+
+    def release(self, record: TaskRecord, delay: float) -> None:
+        """Give the task back to the cluster, queued again now or after ``delay`` seconds
+        (on Redis' clock): whichever node has a free slot then takes it up."""
+        self._held.pop(record.task_id, None)
+        delay_ms = round(delay * 1000) if delay > 0 else None
+        self.writer.put(
+            record.task_id, NAME[record.status], record, scripts.RELEASE, delay_ms=delay_ms
+        )
+
+    def drop(self, task_id: str) -> None:
+        """Forget a task this node no longer holds (reclaimed by another node, or gone)."""
+        self._held.pop(task_id, None)
+        self.writer.forget(task_id)
+
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._held
+
+    async def stored(self, task_id: str) -> StoredRecord | None:
+        """The record as Redis has it now, with the fields a compare-and-set names."""
+        return await self.records.get(task_id)
+
+    async def transition_now(self, item: Transition) -> WriteResult:
+        """One compare-and-set, written at once (a stop asked of a task this node does not hold)."""
+        [result] = await self.records.transition([item], node=self.node_id)
+        return result
+
+    def unpack(self, blob: bytes) -> TaskRecord | None:
+        return self._unpack("", blob)
+
+    # refused writes -----------------------------------------------------------------------
+
+    def _refused(self, task_id: str, item: Transition, result: WriteResult) -> None:
+        if result.code is not WriteCode.CONFLICT:
+            self._held.pop(task_id, None)
+        if self.on_refused is not None:
+            self.on_refused(task_id, item, result)
+        elif result.code is WriteCode.CONFLICT:
+            logger.warning(
+                "stint: the write of task %s (%s) found it %s in Redis",
+                task_id,
+                item.new_status,
+                result.detail,
+            )
+
+    def _unpack(self, task_id: str, blob: bytes) -> TaskRecord | None:
+        try:
+            return unpack_record(blob)
+        except WireFormatError as exc:
+            self.quarantined += 1
+            logger.warning(
+                "stint: the record of task %s in Redis does not decode (%s); it is skipped",
+                task_id or "?",
+                exc,
+            )
+            return None
+
+
+def is_terminal_name(status: str) -> bool:
+    return status in _TERMINAL_NAMES
+
+
+def _real_monotonic(clock: Clock) -> Callable[[], float]:
+    """The lease is on Redis' real time, whatever the runtime's clock: a ManualClock that
+    never moves must not keep a lease alive, nor one that jumps lapse it."""
+    import time
+
+    del clock
+    return time.monotonic
+
+
+__all__ = ["RedisStore", "TaskState", "is_terminal_name"]
