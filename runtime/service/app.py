@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime import Runtime, RuntimeClosedError, __version__
 
@@ -20,7 +21,10 @@ from .problems import UnauthorizedError, error_response, install
 
 #: Seconds between SSE keep-alive comments while a task does nothing.
 HEARTBEAT = 15.0
-_bearer = HTTPBearer(auto_error=False, description="the node's token (stint serve --token)")
+#: Open without the token: liveness only.
+OPEN = frozenset({"/healthz"})
+#: Pages a browser opens by address: they also take the token as ``?token=``.
+PAGES = frozenset({"/", "/docs", "/openapi.json"})
 
 DESCRIPTION = """\
 Invoke, inspect, list, stop and watch stint tasks. Bodies are JSON, or msgpack with
@@ -32,23 +36,39 @@ stint error's name. With a token, every route but `/healthz` needs
 
 
 class Guard:
-    """Checks the node's token (constant-time); no token configured lets everything in."""
+    """Checks the node's token (constant-time); no token configured lets everything in.
 
-    def __init__(self, token: str | None) -> None:
+    It is plain ASGI middleware, not a FastAPI dependency: it runs on every request,
+    and a dependency costs the hot path (invoke) more than the check itself.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, page: dashboard.Page) -> None:
+        self.app = app
         self._token = token.encode() if token else None
+        self._page = page
 
-    @property
-    def enabled(self) -> bool:
-        return self._token is not None
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._token is None or scope["type"] != "http" or scope["path"] in OPEN:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            self.check(request, allow_query=scope["path"] in PAGES)
+        except UnauthorizedError as error:
+            response: Response = error_response(error)
+            if scope["path"] == "/" and "text/html" in request.headers.get("accept", ""):
+                response = self._page.login(str(error))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
-    def check(self, request: Request, *, allow_query: bool = False) -> None:
+    def check(self, request: Request, *, allow_query: bool) -> None:
         """Raise :class:`UnauthorizedError` unless the request carries the token.
 
         ``allow_query``: also accept ``?token=`` — only for pages a browser opens by
         address (the dashboard, the API docs), which cannot send a header.
         """
-        if self._token is None:
-            return
+        assert self._token is not None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         candidate = given.strip() if scheme.lower() == "bearer" else ""
         if not candidate and allow_query:
@@ -77,28 +97,20 @@ def create_app(rt: Runtime, *, token: str | None = None, heartbeat: float = HEAR
         redoc_url=None,
         openapi_url=None,
     )
-    guard = Guard(token)
     streams = Streams()
     app.state.streams = streams
     install(app)
-
-    async def api_auth(
-        request: Request,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        guard.check(request)
-
-    async def page_auth(request: Request) -> None:
-        guard.check(request, allow_query=True)
-
     api = Api(rt, streams, heartbeat, rt.max_payload_bytes + ENVELOPE_BYTES)
-    app.include_router(api_router(api, api_auth))
-    _add_health(app, rt, api_auth)
-    _add_pages(app, guard, page_auth)
+    app.include_router(api_router(api))
+    _add_health(app, rt)
+    page = dashboard.Page.load()
+    _add_pages(app, page)
+    if token:
+        app.add_middleware(Guard, token=token, page=page)
     return app
 
 
-def _add_health(app: FastAPI, rt: Runtime, auth: Any) -> None:
+def _add_health(app: FastAPI, rt: Runtime) -> None:
     @app.get("/healthz", response_model=models.Status, tags=["health"])
     async def healthz() -> Response:
         """The process is up (no token needed)."""
@@ -107,7 +119,6 @@ def _add_health(app: FastAPI, rt: Runtime, auth: Any) -> None:
     @app.get(
         "/readyz",
         response_model=models.Status,
-        dependencies=[Depends(auth)],
         tags=["health"],
         responses={503: {"model": models.Problem, "description": "not started, or closing"}},
     )
@@ -122,7 +133,6 @@ def _add_health(app: FastAPI, rt: Runtime, auth: Any) -> None:
 
     @app.get(
         "/metrics",
-        dependencies=[Depends(auth)],
         response_class=Response,
         tags=["health"],
         responses={200: {"content": {"text/plain": {}}}},
@@ -134,25 +144,37 @@ def _add_health(app: FastAPI, rt: Runtime, auth: Any) -> None:
         )
 
 
-def _add_pages(app: FastAPI, guard: Guard, auth: Any) -> None:
-    page = dashboard.Page.load()
-
+def _add_pages(app: FastAPI, page: dashboard.Page) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index(request: Request) -> Response:
-        try:
-            guard.check(request, allow_query=True)
-        except UnauthorizedError as error:
-            if "text/html" in request.headers.get("accept", ""):
-                return page.login(str(error))
-            return error_response(error)
+    async def index() -> Response:
         return page.response()
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(auth)])
+    @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> Response:
-        return JSONResponse(app.openapi())
+        return JSONResponse(_openapi(app))
 
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(auth)])
+    @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> Response:
         token = request.query_params.get("token")
-        url = "/openapi.json" if not token else f"/openapi.json?{request.url.query}"
-        return get_swagger_ui_html(openapi_url=url, title="stint API")
+        query = "?" + urlencode({"token": token}) if token else ""
+        return get_swagger_ui_html(openapi_url="/openapi.json" + query, title="stint API")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document, with the bearer token on every operation but /healthz."""
+    if app.openapi_schema is None:
+        schema = app.openapi()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the node's token (stint serve --token), when it has one",
+        }
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                if path != "/healthz":
+                    operation["security"] = [{"bearer": []}]
+                    operation.setdefault("responses", {}).setdefault(
+                        "401", {"description": "a token is needed (Authorization: Bearer)"}
+                    )
+    return app.openapi_schema or app.openapi()

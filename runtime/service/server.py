@@ -122,6 +122,7 @@ class Node:
             lifespan="off",
             ws="none",
             server_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=10,
         )
         self.server = _Server(config)

@@ -213,9 +213,11 @@ function functionCard(fn) {
     el("div", { class: "card-head" },
       el("span", { class: "card-name", title: fn.name }, fn.name),
       el("span", { class: "kind" }, fn.kind)),
+    el("div", { class: "card-sub" },
+      fn.config.max_instances + "×" + fn.config.concurrency + " slots · " +
+      fn.config.max_retries + " retries · " + fn.config.timeout + " s timeout"),
     el("div", { class: "stats" },
-      stat(fn.queued, "queued"), stat(fn.running, "running"), stat(total, "instances"),
-      stat(fn.config.concurrency + "×" + fn.config.max_instances, "capacity")),
+      stat(fn.queued, "queued"), stat(fn.running, "running"), stat(total, "instances")),
     bar, chips);
 }
 
@@ -313,10 +315,11 @@ function showTask(record) {
     $("t-error").textContent = record.error.type + ": " + record.error.message;
     $("t-trace").textContent = record.error.traceback || "(no traceback)";
   }
-  if (current && current.events.length <= record.events.length) {
-    current.events = [];
-    $("timeline").replaceChildren();
-    for (const event of record.events) addEvent(event, false);
+  if (current && record.events.length > current.events.length) {
+    // the record knows more than the timeline shows: add what is missing
+    const shown = current.events.length;
+    for (const event of record.events.slice(shown)) addEvent(event, shown > 0);
+    current.lastId = Math.max(current.lastId, record.events.length);
   }
 }
 
@@ -352,7 +355,6 @@ async function openTask(id) {
   }
   if (state.task !== task) return;
   showTask(record);
-  task.lastId = record.events.length;
   if (!TERMINAL.has(record.status)) follow(task);
 }
 
@@ -364,7 +366,7 @@ async function follow(task) {
   while (!ended && state.task === task) {
     try {
       await sse(path, task.lastId, (kind, data, id) => {
-        if (kind === "transition" && id > task.lastId) {
+        if (kind === "transition" && id > task.events.length) {
           task.lastId = id;
           addEvent(data, true);
           const badgeNode = $("t-status");
