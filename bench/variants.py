@@ -116,9 +116,16 @@ async def stint_sqlite(n: int) -> float:
 
 
 async def _check_all_succeeded(rt: Runtime, n: int) -> None:
-    done = await rt.list(function="noop", status=TaskState.SUCCEEDED, limit=n)
-    if len(done) != n:
-        raise AssertionError(f"only {len(done)} of {n} tasks Succeeded")
+    done = 0
+    cursor = None
+    while True:
+        page = await rt.list(function="noop", status=TaskState.SUCCEEDED, limit=1000, cursor=cursor)
+        done += len(page)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    if done != n:
+        raise AssertionError(f"only {done} of {n} tasks Succeeded")
 
 
 async def aiojobs_scheduler(n: int) -> float:

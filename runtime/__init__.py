@@ -30,8 +30,11 @@ from .errors import (
     StoreError,
     TaskExistsError,
     TaskFinishedError,
+    TaskNotFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
+    WrongLoopError,
+    WrongThreadError,
 )
 
 __version__ = "0.1.0"
@@ -50,6 +53,11 @@ _LAZY = {
     "TaskContext": ".context",
     "InstanceInfo": ".instances",
     "InstanceEvent": ".instances",
+    "TaskList": ".listing",
+    "NodeInfo": ".nodes",
+    "RuntimeClient": ".client",
+    "RuntimeThread": ".client",
+    "start_in_thread": ".client",
     "ManualClock": "actors",
     "SystemClock": "actors",
     "codec": ".codec",
@@ -59,9 +67,12 @@ if TYPE_CHECKING:
     from actors import ManualClock, SystemClock
 
     from . import codec
+    from .client import RuntimeClient, RuntimeThread, start_in_thread
     from .config import FunctionConfig, FunctionSpec
     from .context import InstanceContext, TaskContext
     from .instances import InstanceEvent, InstanceInfo
+    from .listing import TaskList
+    from .nodes import NodeInfo
     from .record import ErrorInfo, TaskEvent, TaskRecord
     from .runtime import Runtime
     from .states import TRANSITIONS, InstanceState, TaskState
@@ -92,12 +103,15 @@ __all__ = [
     "InstanceState",
     "InvalidTaskIdError",
     "ManualClock",
+    "NodeInfo",
     "NonRetryableError",
     "PayloadError",
     "PayloadTooLargeError",
     "QueueFullError",
     "Runtime",
+    "RuntimeClient",
     "RuntimeClosedError",
+    "RuntimeThread",
     "StintError",
     "StoreError",
     "SystemClock",
@@ -105,10 +119,15 @@ __all__ = [
     "TaskEvent",
     "TaskExistsError",
     "TaskFinishedError",
+    "TaskList",
+    "TaskNotFinishedError",
     "TaskNotFoundError",
     "TaskRecord",
     "TaskState",
     "WaitTimeoutError",
+    "WrongLoopError",
+    "WrongThreadError",
     "codec",
     "errors",
+    "start_in_thread",
 ]

@@ -6,15 +6,15 @@ import dataclasses
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, NonRetryableError
 
 KINDS = ("async", "thread", "process")
-_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_PATH_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _HOOKS = ("initializer", "pre_freeze", "pre_stop")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
 
 Hook = Callable[[Any], Any]
 
@@ -41,6 +41,29 @@ class FunctionConfig:
     initializer_timeout: float = 30.0
     pre_freeze_timeout: float = 10.0
     pre_stop_timeout: float = 10.0
+    max_delay: float = 3600.0
+    on_success: str | None = None
+    on_failure: str | None = None
+    retry_on: tuple[type[BaseException], ...] = (BaseException,)
+    no_retry_on: tuple[type[BaseException], ...] = ()
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """The retry policy: ``retry_on`` and not ``no_retry_on`` (``isinstance`` both ways);
+        a :class:`NonRetryableError` never retries."""
+        return (
+            not isinstance(error, NonRetryableError)
+            and isinstance(error, self.retry_on)
+            and not isinstance(error, self.no_retry_on)
+        )
+
+    def is_retryable_name(self, names: Sequence[str]) -> bool:
+        """The same policy for an error known by the qualified names of its classes (its MRO),
+        as a worker process reports it."""
+        return (
+            _qualname(NonRetryableError) not in names
+            and any(_qualname(kind) in names for kind in self.retry_on)
+            and not any(_qualname(kind) in names for kind in self.no_retry_on)
+        )
 
 
 _FIELDS = {f.name for f in dataclasses.fields(FunctionConfig)}
@@ -68,6 +91,10 @@ def make_spec(
             f"unknown configuration key(s) {', '.join(unknown)} for function {name!r}; "
             f"valid keys are: {', '.join(sorted(_FIELDS))}"
         )
+    if isinstance(options.get("retry_on"), type):  # one class given alone: accept it
+        options = {**options, "retry_on": (options["retry_on"],)}
+    if isinstance(options.get("no_retry_on"), type):
+        options = {**options, "no_retry_on": (options["no_retry_on"],)}
     config = FunctionConfig(**options)
     _check_config(config)
     if config.kind == "process":
@@ -82,7 +109,7 @@ def make_spec(
 
 
 def check_name(name: object) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"function name {name!r} is not valid: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or '_'"
@@ -111,6 +138,15 @@ def _check_config(c: FunctionConfig) -> None:
         )
     for key in ("initializer_timeout", "pre_freeze_timeout", "pre_stop_timeout"):
         _seconds(key, getattr(c, key), positive=True)
+    _seconds("max_delay", c.max_delay, positive=False)
+    for key in ("on_success", "on_failure"):
+        target = getattr(c, key)
+        if target is not None and (not isinstance(target, str) or not _NAME_RE.fullmatch(target)):
+            raise ConfigError(
+                f"{key}={target!r} must be the name of a registered function (a str), or None"
+            )
+    for key in ("retry_on", "no_retry_on"):
+        _exception_types(key, getattr(c, key))
     for key in _HOOKS:
         hook = getattr(c, key)
         if (
@@ -122,6 +158,26 @@ def _check_config(c: FunctionConfig) -> None:
                 f"{key} must be a callable taking the instance context, or None; "
                 f"got {type(hook).__name__}"
             )
+
+
+def _exception_types(key: str, value: object) -> None:
+    ok = isinstance(value, tuple) and all(
+        isinstance(kind, type) and issubclass(kind, BaseException) for kind in value
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key}={value!r} must be a tuple of exception classes, such as "
+            "(ConnectionError, TimeoutError)"
+        )
+
+
+def _qualname(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def qualified_names(error: BaseException) -> list[str]:
+    """The qualified names of an error's classes, most derived first (what a worker reports)."""
+    return [_qualname(kind) for kind in type(error).__mro__]
 
 
 def _int_in(key: str, value: object, low: int, high: int) -> None:
@@ -152,9 +208,25 @@ def is_coroutine_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def check_signature(name: str, handler: Callable[..., Any]) -> None:
+    """A handler is called as ``handler(event, context)``: refuse one that cannot be."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # a builtin or C function without a signature: nothing to check
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise ConfigError(
+            f"the handler of {name!r} has the signature {signature}, but stint calls it as "
+            "handler(event, context): give it two positional parameters (event, context)"
+        ) from None
+
+
 def _check_handler(name: str, handler: Callable[..., Any], config: FunctionConfig) -> None:
     if not callable(handler):
         raise ConfigError(f"the handler of {name!r} must be callable, got {type(handler).__name__}")
+    check_signature(name, handler)
     kind = config.kind
     if kind == "async" and not is_coroutine_callable(handler):
         raise ConfigError(
@@ -194,6 +266,8 @@ def import_path(fn: object) -> str | None:
 
 def _process_paths(name: str, handler: object, config: FunctionConfig) -> dict[str, str]:
     """Kind "process" runs code in another interpreter: everything is named by import path."""
+    if callable(handler):
+        check_signature(name, handler)
     paths = {"handler": _path_of(name, "handler", handler)}
     for key in _HOOKS:
         hook = getattr(config, key)
@@ -204,7 +278,7 @@ def _process_paths(name: str, handler: object, config: FunctionConfig) -> dict[s
 
 def _path_of(name: str, what: str, target: object) -> str:
     if isinstance(target, str):
-        if not _PATH_RE.match(target):
+        if not _PATH_RE.fullmatch(target):
             raise ConfigError(
                 f"{what} of {name!r} is {target!r}; kind='process' names code by import path, "
                 "like 'package.module:function'"

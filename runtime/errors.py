@@ -46,6 +46,19 @@ class TaskFinishedError(StintError):
         )
 
 
+class TaskNotFinishedError(StintError):
+    """Raised by ``rerun`` for a task that has not reached a terminal state yet."""
+
+
+class WrongLoopError(StintError):
+    """Raised when a runtime is called from an event loop other than the one it runs on."""
+
+
+class WrongThreadError(StintError):
+    """Raised by a blocking ``rt.client()`` call made on the runtime's own loop thread,
+    where it would wait for itself forever."""
+
+
 class QueueFullError(StintError):
     """Raised by ``invoke`` when the function already has ``max_queued`` tasks waiting."""
 

@@ -19,12 +19,13 @@ interrupted. So no task can be left waiting on an instance that is gone.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from actors import Actor, ActorRef, Reply
+from actors import Actor, ActorRef, Reply, TimerHandle
 
 from .config import FunctionSpec
 from .errors import InstanceStartError
@@ -83,10 +84,18 @@ class InstancePoolActor(Actor):
         self.start_failures = 0
         self.start_blocked_until = 0.0
         self._ids = itertools.count(1)
+        # delayed tasks: (monotonic due time, sequence, task); one timer for the earliest
+        self.delayed: list[tuple[float, int, ActorRef]] = []
+        self._delayed_seq = itertools.count()
+        self._delay_timer: TimerHandle | None = None
 
     def on_start(self) -> None:
         self.metrics.instances = self.instances  # read (on the loop) at scrape time
         self._ensure_min()  # warm min_instances now, not at the first tick
+
+    def on_stop(self) -> None:
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
 
     def receive(self, message: Any) -> Any:
         return _HANDLERS[type(message)](self, message)
@@ -107,6 +116,35 @@ class InstancePoolActor(Actor):
     def resubmit(self, task: ActorRef, enqueued_at: float | None) -> None:
         """A task waits for a slot again: a retry after its backoff, or a recovered task."""
         self.queue.append((task, enqueued_at))
+        self._dispatch()
+
+    def hold(self, task: ActorRef, due: float) -> None:
+        """A task not to be dequeued before ``due`` (monotonic): it waits in the delayed heap.
+
+        However many tasks wait, the pool arms one timer, for the earliest due time.
+        """
+        heapq.heappush(self.delayed, (due, next(self._delayed_seq), task))
+        timer = self._delay_timer
+        if timer is None or due < timer.when:
+            if timer is not None:
+                timer.cancel()
+            self._delay_timer = self.system.scheduler.call_at(
+                due, self.ref.send, InstancePoolActor._release_due
+            )
+
+    def _release_due(self) -> None:
+        """Move every delayed task now due into the queue (max_event_age counts from here)."""
+        self._delay_timer = None
+        delayed = self.delayed
+        now = self.clock.monotonic()
+        while delayed and delayed[0][0] <= now:
+            due, _, task = heapq.heappop(delayed)
+            if task.is_alive:  # a task stopped while delayed is simply dropped
+                self.queue.append((task, due))
+        if delayed:
+            self._delay_timer = self.system.scheduler.call_at(
+                delayed[0][0], self.ref.send, InstancePoolActor._release_due
+            )
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -538,7 +576,9 @@ class InstancePoolActor(Actor):
         if msg.unregister:
             self.unregistered = True
             reason = self._unregistered_reason()
-            for task, _ in self.queue:
+            held = [task for _, _, task in self.delayed]
+            self.delayed.clear()
+            for task in [*(task for task, _ in self.queue), *held]:
                 if task.is_alive:
                     task.send(TaskActor.invalidate, reason)
             # what is still alive is a retry owed (or a task that could not be told yet)

@@ -42,6 +42,7 @@ class TaskRecord:
         "_result",
         "attempts",
         "created_at",
+        "due_at",
         "ended_at",
         "error",
         "function",
@@ -59,6 +60,8 @@ class TaskRecord:
         payload: bytes,
         created_at: float,
         events: list[tuple[str, float, str]] | None = None,
+        *,
+        note: str = "accepted",
     ) -> None:
         self.task_id = task_id
         self.function = function
@@ -69,13 +72,14 @@ class TaskRecord:
         self.attempts = 0
         self.retries = 0
         self.created_at = created_at
+        self.due_at: float | None = None  # a delayed task: not dequeued before (epoch s)
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.instance_id: str | None = None
         # (state name as a plain str, timestamp, detail): atomic values only, so the
         # garbage collector stops tracking each tuple after its first pass
         self._events: list[tuple[str, float, str]] = (
-            [(_ENQUEUED, created_at, "accepted")] if events is None else events
+            [(_ENQUEUED, created_at, note)] if events is None else events
         )
 
     def __repr__(self) -> str:
@@ -130,6 +134,7 @@ class TaskRecord:
         clone.attempts = self.attempts
         clone.retries = self.retries
         clone.created_at = self.created_at
+        clone.due_at = self.due_at
         clone.started_at = self.started_at
         clone.ended_at = self.ended_at
         clone.instance_id = self.instance_id
@@ -148,6 +153,7 @@ class TaskRecord:
             "attempts": self.attempts,
             "retries": self.retries,
             "created_at": self.created_at,
+            "due_at": self.due_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "instance_id": self.instance_id,

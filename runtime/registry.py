@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .metrics import FunctionMetrics
     from .record import TaskRecord
     from .stores.base import Store
+    from .waiting import Waits
 
 
 class FunctionEntry:
@@ -47,7 +48,9 @@ class Services:
         "attempt_finished",
         "attempt_started",
         "background",
+        "changed",
         "clock",
+        "invoke_destination",
         "now",
         "random",
         "slot_free",
@@ -55,6 +58,7 @@ class Services:
         "store_update",
         "system",
         "task_finished",
+        "watched",
     )
 
     def __init__(  # noqa: PLR0917 - built in one place, by Runtime.start
@@ -65,6 +69,8 @@ class Services:
         background: BackgroundTasks,
         task_finished: Callable[[TaskRecord, FunctionEntry], None],
         rng: random.Random,
+        waits: Waits,
+        invoke_destination: Callable[[str, str, bytes, str], str],
     ) -> None:
         self.system = system
         self.clock = clock
@@ -75,6 +81,10 @@ class Services:
         self.background = background
         self.task_finished = task_finished
         self.random = rng
+        self.watched = waits.watched  # task id -> watchers: non-empty only while someone watches
+        # (function, task id, payload, source task id) -> what the source's event says
+        self.invoke_destination = invoke_destination
+        self.changed = waits.changed
         # What an instance calls (with ActorRef.send) when an attempt ends: the task's
         # and the pool's methods, handed over here so instance kinds need neither class.
         from .pool import InstancePoolActor

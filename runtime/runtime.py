@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 import gc
 import logging
+import math
+import os
 import random
+import socket
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from actors import ActorRef, ActorSystem, Clock, SystemClock
 
 from . import codec
+from .client import RuntimeClient
 from .config import FunctionSpec, check_name, make_spec
 from .errors import (
     ConfigError,
@@ -24,14 +30,19 @@ from .errors import (
     QueueFullError,
     RuntimeClosedError,
     StintError,
+    StoreError,
+    TaskExistsError,
     TaskFinishedError,
+    TaskNotFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
+    WrongLoopError,
 )
 from .hooks import BackgroundTasks
 from .ids import TaskIdGenerator, check_task_id
 from .instances import InstanceInfo
 from .instances.base import NOT_DECODED
+from .listing import Query, TaskList
 from .messages import (
     AddFunction,
     DescribeInstances,
@@ -50,13 +61,15 @@ from .metrics import (
     rejection_reason,
 )
 from .metrics_server import MetricsServer
+from .nodes import NodeInfo, check_node_id, default_node_id
 from .pool import InstancePoolActor
-from .record import TaskRecord
+from .record import TaskEvent, TaskRecord
 from .registry import FunctionEntry, Services
 from .states import FINISHED, TaskState
 from .stores import Store, open_store
 from .supervisor import SupervisorActor
 from .task_actor import TaskActor
+from .waiting import TaskWatch, Waits
 
 logger = logging.getLogger("stint")
 _BACKPRESSURE = 4096  # inbox length past which invoke yields to the loop
@@ -87,6 +100,7 @@ class Runtime:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         gc_threshold: int | None = None,
+        node_id: str | None = None,
     ) -> None:
         if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
@@ -101,6 +115,9 @@ class Runtime:
                 "generation-0 threshold while the runtime runs), or None to leave it alone"
             )
         self._gc = _GcThreshold(gc_threshold)
+        #: This runtime's name as a node (of a cluster, on a shared store).
+        self.node_id = default_node_id() if node_id is None else check_node_id(node_id)
+        self._started_at = 0.0
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.tick_interval = tick_interval
@@ -111,8 +128,11 @@ class Runtime:
         self._pools: list[ActorRef] = []  # every pool ever started, retiring ones included
         self._live: dict[str, ActorRef] = {}  # task id -> actor, while the task is not terminal
         self._orphans: dict[str, builtins.list[TaskRecord]] = {}  # recovered, function unknown
-        self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
-        self._join_waiters: list[tuple[str | None, asyncio.Future[None]]] = []
+        self._waits = Waits()
+        self._delivering: Counter[str] = Counter()  # destination tasks being stored, by function
+        self._last_created = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._new_id = TaskIdGenerator()
         self._background = BackgroundTasks()
         self._system: ActorSystem | None = None
@@ -189,6 +209,9 @@ class Runtime:
         host, port = self._metrics_address
         if port is not None:  # first: a busy port fails before any actor or instance runs
             self._metrics_server = await MetricsServer.start(self.metrics_registry, host, port)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._started_at = self.clock.time()
         self._system = ActorSystem(clock=self.clock)
         self._services = Services(
             self._system,
@@ -197,6 +220,8 @@ class Runtime:
             self._background,
             self._task_finished,
             self._random,
+            self._waits,
+            self._invoke_destination,
         )
         self._supervisor = self._system.spawn(
             SupervisorActor, self.tick_interval, name="supervisor"
@@ -312,17 +337,8 @@ class Runtime:
         await self._account_for_unfinished()
         if self._system is not None:
             self._system.close()
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(
-                        RuntimeClosedError("the runtime closed before the task ended")
-                    )
-        self._waiters.clear()
+        self._waits.close()
         self._live.clear()
-        for _, joiner in self._join_waiters:
-            if not joiner.done():
-                joiner.set_exception(RuntimeClosedError("the runtime closed before it was idle"))
         self._gc.restore()
         try:
             await self._store.close()
@@ -419,8 +435,25 @@ class Runtime:
             for record in self._orphans.pop(name, []):
                 self._adopt(record, entry)
 
-    def function(self, name: str | None = None, **config: Any) -> Callable[[F], F]:
-        """Decorator form of :meth:`register`; returns the function unchanged."""
+    @overload
+    def function(self, name: F) -> F: ...
+
+    @overload
+    def function(self, name: str | None = None, **config: Any) -> Callable[[F], F]: ...
+
+    def function(self, name: Any = None, **config: Any) -> Any:
+        """Decorator form of :meth:`register`; returns the function unchanged.
+
+        ``@rt.function`` registers it under its own name; ``@rt.function("name",
+        **config)`` or ``@rt.function(**config)`` with a name or settings.
+        """
+        if callable(name) and not isinstance(name, str):  # used bare: @rt.function
+            self.register(name.__name__, name)
+            return name
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(
+                f"@rt.function takes the function's name (a str) or nothing, got {name!r}"
+            )
 
         def decorate(fn: F) -> F:
             self.register(name if name is not None else fn.__name__, fn, **config)
@@ -456,39 +489,66 @@ class Runtime:
 
     # tasks ------------------------------------------------------------------------------
 
-    async def invoke(self, name: str, payload: Any = None, *, task_id: str | None = None) -> str:
+    async def invoke(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        delay: float | None = None,
+    ) -> str:
         """Accept a task for ``name``; returns its id once it is stored as Enqueued.
+
+        ``delay`` (seconds, 0 to the function's ``max_delay``) holds the task back:
+        it is stored now and dequeued no earlier than ``due_at``.
 
         Raises (and counts in ``stint_invokes_rejected_total``) :class:`RuntimeClosedError`,
         :class:`FunctionNotFoundError`, :class:`PayloadError`, :class:`InvalidTaskIdError`,
-        :class:`QueueFullError`, :class:`TaskExistsError` or :class:`StoreError`; nothing
-        is stored then.
+        :class:`QueueFullError`, :class:`TaskExistsError`, :class:`StoreError` or
+        :class:`ConfigError` (a bad ``delay``); nothing is stored then.
         """
+        try:
+            data = codec.encode_payload(payload, self.max_payload_bytes)
+        except StintError as error:
+            self._count_rejected(name, error)
+            raise
+        event = payload if type(payload) in _IMMUTABLE else NOT_DECODED
+        return await self._accept(name, data, event, task_id, delay=delay)
+
+    async def _accept(
+        self,
+        name: str,
+        data: bytes,
+        event: object,
+        task_id: str | None,
+        *,
+        delay: float | None = None,
+        note: str = "accepted",
+    ) -> str:
+        """Store a new Enqueued task (its payload already encoded) and queue it."""
         clock = self.clock
         try:  # zero-cost while nothing raises: only a rejected invoke pays for its count
-            if self._state != "started":
-                raise self._closed_error()
+            self._check_running()
             entry = self._functions.get(name)
             if entry is None:
                 raise FunctionNotFoundError(self._not_found(name))
-            data = codec.encode_payload(payload, self.max_payload_bytes)
-            task_id = self._new_id() if task_id is None else check_task_id(task_id)
             config = entry.spec.config
+            if task_id is not None:
+                check_task_id(task_id)
             if entry.queued >= config.max_queued:
                 raise QueueFullError(
                     f"function {name!r} already has {entry.queued} tasks waiting (max_queued="
                     f"{config.max_queued}); retry later, add capacity (max_instances, "
                     "concurrency) or raise max_queued"
                 )
-            record = TaskRecord(task_id, name, data, clock.time())
-            pending = self._store.add(record)
-            if pending is not None:
-                await pending
+            if delay is not None:
+                _check_delay(delay, config.max_delay, name)
+            record = await self._store_new(name, data, task_id, note, delay)
         except StintError as error:
             self._count_rejected(name, error)
             raise
         assert self._system is not None and self._services is not None and entry.pool is not None
-        event = payload if type(payload) in _IMMUTABLE else NOT_DECODED
+        task_id = record.task_id
         ref = self._system.spawn(
             TaskActor, record, entry, self._services, event, name=task_id, parent=self._supervisor
         )
@@ -498,6 +558,10 @@ class Runtime:
         metrics = entry.metrics
         metrics.submitted += 1
         metrics.entered[_ENQUEUED] += 1
+        if delay:
+            # held back by the pool until it is due (one timer for all its delayed tasks)
+            entry.pool.send(InstancePoolActor.hold, ref, clock.monotonic() + delay)
+            return task_id
         inbox = entry.inbox
         # no clock read unless the function can expire
         inbox.append((ref, clock.monotonic() if config.max_event_age is not None else None))
@@ -511,6 +575,42 @@ class Runtime:
             await asyncio.sleep(0)
         return task_id
 
+    def _created_now(self) -> float:
+        """Now, as a task's ``created_at``: strictly increasing within this runtime, so
+        tasks list in the order they were accepted even when two share a clock reading."""
+        now = self.clock.time()
+        if now <= self._last_created:
+            now = math.nextafter(self._last_created, math.inf)
+        self._last_created = now
+        return now
+
+    async def _store_new(
+        self, name: str, data: bytes, task_id: str | None, note: str, delay: float | None
+    ) -> TaskRecord:
+        """Create and store the Enqueued record; a generated id that is somehow taken (by a
+        task from an earlier runtime) is simply generated anew."""
+        for _ in range(3):
+            created = self._created_now()
+            due_at = None if delay is None else created + delay
+            first = note if due_at is None else f"{note}; due at {_iso(due_at)} (in {delay:g} s)"
+            record = TaskRecord(
+                self._new_id() if task_id is None else task_id, name, data, created, note=first
+            )
+            record.due_at = due_at
+            try:
+                pending = self._store.add(record)
+                if pending is not None:
+                    await pending
+            except TaskExistsError:
+                if task_id is not None:
+                    raise
+                self._new_id = TaskIdGenerator()  # a fresh random prefix
+                continue
+            return record
+        raise StoreError(  # pragma: no cover - three collisions of 48 random bits
+            "could not generate an unused task id; the store holds ids of this runtime's shape"
+        )
+
     def _count_rejected(self, name: object, error: StintError) -> None:
         """Count a refused invoke under its function, or under ``function=""`` for a name
         never registered (callers choose names: theirs would make the series unbounded)."""
@@ -521,55 +621,75 @@ class Runtime:
         counts = metrics.rejected if metrics is not None else self._unknown_rejected
         counts[reason] += 1
 
+    def _invoke_destination(self, name: str, task_id: str, payload: bytes, source: str) -> str:
+        """A task ended with a destination: check it now (the source's event says what
+        happens), then store the destination's task in the background."""
+        if self._state != "started":
+            return f"not invoked: the runtime is {self._state}"
+        if name not in self._functions:
+            logger.warning(
+                "stint: task %s ended, but its destination %r is not registered: not invoked",
+                source,
+                name,
+            )
+            return f"not invoked: no function named {name!r} is registered"
+        if len(payload) > self.max_payload_bytes:
+            logger.warning("stint: the destination payload of task %s is too large", source)
+            return (
+                f"not invoked: the payload for {name!r} is {len(payload)} bytes, over "
+                f"max_payload_bytes={self.max_payload_bytes}"
+            )
+        self._delivering[name] += 1  # join() counts it as unfinished already
+        self._background.start(
+            self._deliver_destination(name, task_id, payload, source), f"stint-dest-{task_id}"
+        )
+        return f"invoking {name!r} as task {task_id}"
+
+    async def _deliver_destination(
+        self, name: str, task_id: str, payload: bytes, source: str
+    ) -> None:
+        try:
+            await self._accept(
+                name, payload, NOT_DECODED, task_id, note=f"accepted: destination of {source}"
+            )
+        except TaskExistsError:
+            logger.info("stint: destination task %s exists already: not invoked twice", task_id)
+        except StintError as error:
+            logger.warning("stint: destination task %s was not stored: %s", task_id, error)
+        finally:
+            self._delivering[name] -= 1
+            if not self._delivering[name]:
+                del self._delivering[name]
+                self._waits.idle(self._idle)
+
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
         self._live.pop(record.task_id, None)
         entry.live -= 1
         self._store.finished(record)
-        if self._join_waiters and (entry.live == 0 or not self._live):
-            self._wake_joiners()
-        waiters = self._waiters.pop(record.task_id, None)
-        if waiters:
-            snapshot = record.copy()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(snapshot)
+        waits = self._waits
+        if waits.has_joiners and (entry.live == 0 or not self._live):
+            waits.idle(self._idle)
+        waits.finished(record)
 
     async def join(self, name: str | None = None, timeout: float | None = None) -> None:
         """Wait until ``name`` (or every function, if None) has no unfinished task.
 
         Tasks invoked while waiting count too. Raises :class:`WaitTimeoutError`.
         """
+        self._check_running()
         if name is not None and name not in self._functions:
             raise FunctionNotFoundError(self._not_found(name))
-        if self._idle(name):
-            return
-        if self._state != "started":
-            raise self._closed_error()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pair = (name, waiter)
-        self._join_waiters.append(pair)
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        except TimeoutError:
-            what = f"function {name!r}" if name else "the runtime"
-            raise WaitTimeoutError(f"{what} still has unfinished tasks after {timeout} s") from None
-        finally:
-            if pair in self._join_waiters:
-                self._join_waiters.remove(pair)
+        await self._waits.join(name, timeout, self._idle)
 
     def _idle(self, name: str | None) -> bool:
         if name is None:
-            return not self._live
-        return self._functions[name].live == 0
-
-    def _wake_joiners(self) -> None:
-        for name, waiter in self._join_waiters:
-            if not waiter.done() and (name not in self._functions or self._idle(name)):
-                waiter.set_result(None)
+            return not self._live and not self._delivering
+        entry = self._functions.get(name)
+        return (entry is None or entry.live == 0) and name not in self._delivering
 
     async def get(self, task_id: str) -> TaskRecord:
         """The task's record (a snapshot); raises :class:`TaskNotFoundError`."""
+        self._check_running()
         return (await self._record(task_id)).copy()
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
@@ -577,19 +697,13 @@ class Runtime:
 
         Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
         """
+        self._check_running()
         if task_id not in self._live:  # a live task is unfinished: no need to read it
             record = await self._record(task_id)
             if record.is_terminal:
                 return record.copy()
-            if self._state != "started":
-                raise self._closed_error()
-        waiter: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(waiter)
         try:
-            if timeout is None:  # the common case: no timer to arm and disarm
-                return await waiter
-            async with asyncio.timeout(timeout):
-                return await waiter
+            return await self._waits.wait_finished(task_id, timeout)
         except TimeoutError:
             now = await self._store.get(task_id)
             status = now.status if now is not None else "unknown"
@@ -597,12 +711,17 @@ class Runtime:
                 f"task {task_id} is still {status} after {timeout} s; wait longer, "
                 "or stop it with rt.stop"
             ) from None
-        finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[task_id]
+
+    def watch(self, task_id: str) -> AsyncIterator[TaskEvent]:
+        """``async for event in rt.watch(task_id)``: every event of the task from its first,
+        then each new one as it happens, ending after the terminal one.
+
+        A finished task yields its history and ends. Stopping early is fine: nothing
+        stays registered once the caller no longer waits. The first ``__anext__``
+        raises :class:`TaskNotFoundError` for an unknown id.
+        """
+        self._check_running()
+        return TaskWatch(task_id, self._store.get, self._waits, poll=None)
 
     async def stop(self, task_id: str) -> TaskRecord:
         """Stop a task; returns its record once Stopped.
@@ -610,6 +729,7 @@ class Runtime:
         A Running task's instance runs PreStop and is replaced first. Stopping a
         Stopping or Stopped task is fine; a finished one raises :class:`TaskFinishedError`.
         """
+        self._check_running()
         ref = self._live.get(task_id)
         if ref is not None and ref.is_alive:
             reply: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
@@ -622,14 +742,50 @@ class Runtime:
             raise TaskFinishedError.of(task_id, record.status)
         raise self._closed_error()
 
+    async def rerun(self, task_id: str, *, new_task_id: str | None = None) -> str:
+        """Run a finished task again: a new task of the same function and payload.
+
+        Its first event names the task it re-runs; the id is generated unless
+        ``new_task_id`` is given. Allowed from any terminal state (the dead-letter
+        workflow: ``rt.list(status="Failed")``, then ``rerun``); an unfinished task
+        raises :class:`TaskNotFinishedError`.
+        """
+        self._check_running()
+        source = await self._record(task_id)
+        if not source.is_terminal:
+            raise TaskNotFinishedError(
+                f"task {task_id} is still {source.status}: only a finished task can be re-run "
+                "(wait for it with rt.wait, or stop it with rt.stop first)"
+            )
+        return await self._accept(
+            source.function,
+            source.payload_bytes,
+            NOT_DECODED,
+            new_task_id,
+            note=f"accepted: re-run of {task_id}",
+        )
+
     async def list(
         self,
         function: str | None = None,
         status: TaskState | str | None = None,
         prefix: str | None = None,
         limit: int = 50,
-    ) -> list[TaskRecord]:
-        """Task records, newest first, filtered by function, status and id prefix."""
+        *,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        order: str = "desc",
+        cursor: str | None = None,
+    ) -> TaskList:
+        """A page of task records, newest first (``order="asc"``: oldest first).
+
+        Filters: function, status, id prefix, and creation time strictly between
+        ``created_after`` and ``created_before`` (epoch seconds). ``limit`` is 1 to
+        1000. Pass the page's ``next_cursor`` (None on the last page) to get the next
+        one: following cursors yields every matching task exactly once, in order, even
+        while new tasks are invoked. Bad arguments raise :class:`ConfigError`.
+        """
+        self._check_running()
         if status is not None:
             try:
                 status = TaskState(status)
@@ -637,22 +793,71 @@ class Runtime:
                 raise ConfigError(
                     f"unknown status {status!r}; use one of {', '.join(s.value for s in TaskState)}"
                 ) from None
-        if not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"limit={limit!r} must be an integer >= 0")
-        records = await self._store.list(
-            function=function, status=status, prefix=prefix, limit=limit
+        query = Query(
+            function,
+            None if status is None else str(status),
+            prefix,
+            limit,
+            created_after,
+            created_before,
+            order,
+            cursor,
         )
-        return [record.copy() for record in records]
+        page = query.page(await self._store.list(query))
+        page[:] = [record.copy() for record in page]
+        return page
 
     async def instances(self, name: str) -> builtins.list[InstanceInfo]:
         """What the pool of ``name`` holds: id, state, in-flight count, times, tasks served."""
+        self._check_running()
         entry = self._functions.get(name)
         if entry is None:
             raise FunctionNotFoundError(self._not_found(name))
-        if self._state != "started" or entry.pool is None:
-            raise self._closed_error()
+        assert entry.pool is not None
         result: builtins.list[InstanceInfo] = await entry.pool.ask(DescribeInstances())
         return result
+
+    async def function_stats(self) -> dict[str, dict[str, Any]]:
+        """Per registered function, what an operator looks at first: ``kind``, ``queued``
+        (accepted, not yet dequeued), ``running`` (attempts under way), ``unfinished``
+        (every task not terminal) and ``instances`` (a count per instance state)."""
+        self._check_running()
+        stats: dict[str, dict[str, Any]] = {}
+        for name, entry in list(self._functions.items()):
+            assert entry.pool is not None
+            infos: builtins.list[InstanceInfo] = await entry.pool.ask(DescribeInstances())
+            running: int = await entry.pool.ask(Running())
+            stats[name] = {
+                "kind": entry.spec.config.kind,
+                "queued": entry.queued,
+                "running": running,
+                "unfinished": entry.live,
+                "instances": dict(Counter(str(info.state) for info in infos)),
+            }
+        return stats
+
+    async def nodes(self) -> builtins.list[NodeInfo]:
+        """The live nodes of this runtime's cluster; on a store that is not shared, just
+        this runtime (``rt.store.shared`` says which)."""
+        self._check_running()
+        now = self.clock.time()
+        in_flight = sum(entry.live for entry in self._functions.values())
+        return [
+            NodeInfo(
+                self.node_id,
+                socket.gethostname(),
+                os.getpid(),
+                self._started_at,
+                now,
+                tuple(sorted(self._functions)),
+                in_flight,
+            )
+        ]
+
+    async def ping_store(self) -> None:
+        """Check the store answers (for readiness probes); raises :class:`StoreError` if not."""
+        self._check_running()
+        await self._store.ping()
 
     # helpers ----------------------------------------------------------------------------
 
@@ -669,6 +874,25 @@ class Runtime:
         known = ", ".join(sorted(self._functions)) or "none"
         return f"no function named {name!r} is registered (registered: {known}); register it first"
 
+    def client(self) -> RuntimeClient:
+        """Blocking ``invoke``, ``get``, ``wait``, ``stop``, ``list`` and ``rerun`` for plain
+        threaded code (a Flask view, a script) while this runtime runs on its loop in
+        another thread. See :func:`runtime.start_in_thread` to run it that way."""
+        if self._state != "started" or self._loop is None:
+            raise self._closed_error()
+        return RuntimeClient(self, self._loop, self._loop_thread)
+
+    def _check_running(self) -> None:
+        """Refuse a call before ``start``, after ``close``, or from another event loop."""
+        if self._state != "started":
+            raise self._closed_error()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            raise WrongLoopError(
+                "this runtime runs on another event loop (the one it was started in): call it "
+                "from that loop, or from other threads through rt.client()"
+            )
+
     def _closed_error(self) -> RuntimeClosedError:
         if self._state == "new":
             return RuntimeClosedError(
@@ -676,6 +900,25 @@ class Runtime:
             )
         return RuntimeClosedError(
             f"the runtime is {self._state}; create a new Runtime to run tasks"
+        )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _check_delay(delay: object, max_delay: float, name: str) -> None:
+    ok = (
+        isinstance(delay, int | float)
+        and not isinstance(delay, bool)
+        and math.isfinite(delay)
+        and 0 <= delay <= max_delay
+    )
+    if not ok:
+        raise ConfigError(
+            f"delay={delay!r} is out of range for {name!r}: it must be a number of seconds from "
+            f"0 to max_delay={max_delay} (raise max_delay when registering the function to "
+            "schedule further ahead)"
         )
 
 

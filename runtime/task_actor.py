@@ -19,6 +19,7 @@ from typing import Any
 from actors import Actor, TimerHandle
 
 from .context import TaskContext
+from .destinations import destination_of, destination_payload, destination_task_id
 from .errors import RuntimeClosedError, TaskFinishedError
 from .instances.base import NOT_DECODED, Attempt, Slot
 from .messages import Recover
@@ -101,19 +102,25 @@ class TaskActor(Actor):
         metrics = self.entry.metrics
         metrics.exited[old] += 1
         metrics.entered[new] += 1
+        services = self.services
         if now is None:
-            now = self.services.now()
+            now = services.now()
         record.status = new
         record._events.append((NAME[new], now, detail))
         if new in TERMINAL:
             record.ended_at = now
-        update = self.services.store_update
+        update = services.store_update
         if update is not None:
             update(record)
+        if services.watched and record.task_id in services.watched:
+            services.changed(record.task_id)
 
     def _finish(self) -> None:
         """The task is terminal: tell the runtime, answer stop requests, and go."""
         self.ref._stop_requested = True  # stop_self(), inlined; first: its pool sees it gone
+        config = self.entry.spec.config
+        if config.on_success is not None or config.on_failure is not None:
+            self._destination(config.on_success, config.on_failure)
         self.services.task_finished(self.record, self.entry)
         if self.stop_replies:
             snapshot = self.record.copy()
@@ -121,6 +128,18 @@ class TaskActor(Actor):
                 if not reply.done():
                     reply.set_result(snapshot)
             self.stop_replies = None
+
+    def _destination(self, on_success: str | None, on_failure: str | None) -> None:
+        """Invoke the destination for this end, if any, and say so in an event."""
+        record = self.record
+        key, target = destination_of(record, on_success, on_failure)
+        if target is None:
+            return
+        task_id = destination_task_id(record, key)
+        said = self.services.invoke_destination(
+            target, task_id, destination_payload(record), record.task_id
+        )
+        self._note(f"{key}: {said}")
 
     def _uncount(self) -> None:
         if self.counted:
@@ -352,10 +371,7 @@ class TaskActor(Actor):
         self.counted = status is ENQUEUED or status is DEQUEUED
         if self.counted:
             self._note("recovered after a restart: queued again")
-            clock = self.services.clock
-            # the queue wait counts from when the task was accepted, not recovered
-            age = max(0.0, clock.time() - record.created_at)
-            self._resubmit(clock.monotonic() - age)
+            self._queue_again()
         elif status is RUNNING:
             self._note("recovered after a restart: the attempt under way was lost")
             lost = ErrorInfo("RuntimeRestartedError", "runtime restarted during attempt", "")
@@ -367,12 +383,30 @@ class TaskActor(Actor):
             self._move(STOPPED, "recovered after a restart: the stop completes")
             self._finish()
 
+    def _queue_again(self) -> None:
+        """A recovered queued task waits again: until its due time if it has one still
+        ahead, else in the queue, its wait counted from when it was due (or accepted)."""
+        record = self.record
+        clock = self.services.clock
+        now = clock.time()
+        since = record.created_at if record.due_at is None else record.due_at
+        if since > now:
+            pool = self.entry.pool
+            assert pool is not None
+            self.place = QUEUED
+            pool.send(InstancePoolActor.hold, self.ref, clock.monotonic() + (since - now))
+        else:
+            self._resubmit(clock.monotonic() - (now - since))
+
     def _note(self, detail: str) -> None:
         """An event that is not a transition (the state stays): recovery steps."""
         record = self.record
-        record._events.append((NAME[record.status], self.services.now(), detail))
-        if self.services.store_update is not None:
-            self.services.store_update(record)
+        services = self.services
+        record._events.append((NAME[record.status], services.now(), detail))
+        if services.store_update is not None:
+            services.store_update(record)
+        if services.watched and record.task_id in services.watched:
+            services.changed(record.task_id)
 
 
 # The pool and the task actor call each other's methods: one of the two imports has to

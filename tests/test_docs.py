@@ -7,14 +7,27 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_task_context_example_runs_as_written() -> None:
-    lifecycle = (ROOT / "docs" / "lifecycle.md").read_text()
-    [example] = re.findall(r"```python\n(.*?)```", lifecycle, re.S)
-    done = subprocess.run(
+EXAMPLES = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "lifecycle.md").read_text(), re.S)
+
+
+def run(example: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def test_task_context_example_runs_as_written() -> None:
+    done = run(EXAMPLES[0])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Succeeded {") and "'steps': 3" in done.stdout
+
+
+@pytest.mark.parametrize("index", range(1, len(EXAMPLES)))
+def test_every_other_example_runs_as_written(index: int) -> None:
+    done = run(EXAMPLES[index])  # each checks itself with assert
+    assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from .. import codec
-from ..errors import NonRetryableError, ResultEncodingError
+from ..errors import ResultEncodingError
 from ..hooks import error_info
 from .base import NOT_DECODED, Attempt, Instance, Slot
 
@@ -139,11 +139,8 @@ class _SlotWorker:
             if self.destroyed or not self._absorb_cancel():
                 raise
             return  # interrupted: the task has its outcome already
-        except NonRetryableError as exc:
-            self._failed(attempt, exc, retryable=False)
-            return
         except Exception as exc:
-            self._failed(attempt, exc, retryable=True)
+            self._failed(attempt, exc, retryable=self.instance.spec.config.is_retryable(exc))
             return
         if self.cancelling:  # the handler swallowed our cancellation
             self._absorb_cancel()

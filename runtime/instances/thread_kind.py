@@ -36,7 +36,7 @@ from typing import Any
 import pykka
 
 from .. import codec
-from ..errors import NonRetryableError, ResultEncodingError
+from ..errors import ResultEncodingError
 from ..hooks import error_info
 from ..messages import CodeReturned
 from ..states import InstanceState
@@ -252,7 +252,7 @@ class ThreadInstance(Instance):
             attempt.result = value
         else:
             attempt.error = error_info(value)
-            attempt.retryable = not isinstance(value, NonRetryableError)
+            attempt.retryable = self.spec.config.is_retryable(value)
         self.report(attempt)
         self.free(attempt.slot)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
+from ..listing import Query
 from ..record import TaskRecord
-from ..states import TaskState
 
 
 class Store(Protocol):
@@ -21,14 +21,22 @@ class Store(Protocol):
     url: str
     #: True when accepted tasks survive the process (what close() tells users).
     durable: bool
+    #: True when several runtimes share it (a cluster of nodes): False for memory, sqlite.
+    shared: bool
     #: False when the store keeps the live record object, so ``update`` has nothing to do.
     writes_updates: bool
+    #: Damaged records this store moved aside (and skipped) since it opened.
+    quarantined: int
 
     async def open(self) -> list[TaskRecord]:
         """Open the store; returns the unfinished records to recover (none for memory)."""
         ...
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` unless the store answers now (readiness)."""
+        ...
 
     def add(self, record: TaskRecord) -> Awaitable[None] | None:
         """Store a new Enqueued record; raises ``TaskExistsError`` if its id is taken."""
@@ -42,17 +50,14 @@ class Store(Protocol):
         """The record is terminal: from now on retention rules apply to it."""
         ...
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, None if unknown; ``TaskNotFoundError`` if it was quarantined."""
+        ...
 
-    async def list(
-        self,
-        *,
-        function: str | None,
-        status: TaskState | None,
-        prefix: str | None,
-        limit: int,
-    ) -> list[TaskRecord]:
-        """Records matching every filter given, newest first, at most ``limit``."""
+    async def list(self, query: Query) -> list[TaskRecord]:
+        """Up to ``query.limit + 1`` records matching every filter, in the query's order
+        (``(created_at, task_id)``, newest first unless ``query.order`` is "asc"),
+        strictly after ``query.start_after`` when it is set."""
         ...
 
     def evict(self) -> int:

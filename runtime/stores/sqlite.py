@@ -25,40 +25,27 @@ from typing import Any
 
 from actors import Clock
 
-from ..errors import StoreError, TaskExistsError
+from ..errors import StoreError, TaskExistsError, TaskNotFoundError
+from ..listing import Query
 from ..record import TaskRecord
-from ..states import NAME, TaskState
-from ..wire import pack_record, unpack_record
+from ..states import NAME
+from . import sqlite_rows as sql
+from .sqlite_rows import SCHEMA, SCHEMA_VERSION, Bad, RowOut, from_row, row_out, runnable
 
 logger = logging.getLogger("stint")
 
-SCHEMA_VERSION = 1
+__all__ = ["DEFAULT_MAX_AGE", "SCHEMA_VERSION", "SQLiteStore"]
+
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 RETENTION_BATCH = 1000
 RETENTION_EVERY = 60.0  # seconds between retention passes
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    seq        INTEGER PRIMARY KEY,
-    task_id    TEXT    NOT NULL UNIQUE,
-    function   TEXT    NOT NULL,
-    status     TEXT    NOT NULL,
-    created_at REAL    NOT NULL,
-    ended_at   REAL,
-    record     BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_function ON tasks (function, seq);
-CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
-CREATE INDEX IF NOT EXISTS tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
-"""
-_UNFINISHED = ("Enqueued", "Dequeued", "Running", "Retrying", "Stopping")
 
 
 @dataclass
 class _Batch:
     """One transaction's worth of rows; ``adds`` are answered when it commits."""
 
-    rows: list[tuple[str, str, str, float, float | None, bytes, bool]] = field(default_factory=list)
+    rows: list[RowOut] = field(default_factory=list)
     adds: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
 
@@ -66,6 +53,7 @@ class SQLiteStore:
     """Task records in one SQLite file; see docs/stores.md for what survives what."""
 
     durable = True
+    shared = False
     writes_updates = True
 
     def __init__(
@@ -81,6 +69,8 @@ class SQLiteStore:
         self.path = path
         self.synchronous = synchronous
         self.max_age = max_age
+        #: Rows this store moved to the quarantine table (damaged or inconsistent records).
+        self.quarantined = 0
         self._clock = clock
         self._live: dict[str, TaskRecord] = {}  # unfinished tasks: the freshest copy is here
         self._dirty: dict[str, TaskRecord] = {}  # changed since their last write
@@ -100,29 +90,91 @@ class SQLiteStore:
     # opening and closing -------------------------------------------------------
 
     async def open(self) -> list[TaskRecord]:
+        """Lock the file, check it, and return the unfinished records to recover.
+
+        Whatever fails on the way (a locked, corrupt or newer file, a read error),
+        the lock and both threads are released before the error propagates.
+        """
         self._loop = asyncio.get_running_loop()
         self._take_lock()
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stint-sqlite-w")
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stint-sqlite-r")
         try:
+            self._writer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="stint-sqlite-w"
+            )
+            self._reader = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="stint-sqlite-r"
+            )
             await self._in(self._writer, self._prepare)
-            rows = await self._in(self._reader, self._read_unfinished)
+            records = await self._recoverable()
         except BaseException:
             await self._shutdown_threads()
             self._release_lock()
             raise
-        records = [unpack_record(blob) for blob in rows]
         for record in records:
             self._live[record.task_id] = record
         return records
 
+    async def _recoverable(self) -> list[TaskRecord]:
+        """The unfinished records; any row that cannot be run as it stands is quarantined."""
+        assert self._reader is not None
+        rows = await self._read(sql.read_unfinished)
+        records: list[TaskRecord] = []
+        bad: list[Bad] = []
+        for row in rows:
+            read = from_row(row)
+            if isinstance(read, TaskRecord):
+                read = runnable(read)
+            if isinstance(read, TaskRecord):
+                records.append(read)
+            else:
+                bad.append((row, read))
+        if bad:
+            await self._quarantine(bad)
+        return records
+
     async def close(self) -> None:
+        """Write what is left, then release the threads and the lock — always.
+
+        If the last writes fail (a full disk), what was not written is logged at
+        ERROR with the real error; those tasks are recovered from their last
+        written state on the next start.
+        """
         if self._closed or self._loop is None:
             return
         self._closed = True
-        await self.flush()
-        await self._shutdown_threads()
-        self._release_lock()
+        try:
+            await self.flush()
+        except StoreError as exc:
+            self._log_unwritten(exc)
+        finally:
+            await self._shutdown_threads()
+            self._release_lock()
+
+    def _log_unwritten(self, error: StoreError) -> None:
+        lost = sorted({**self._writing, **self._dirty}.items())
+        shown = ", ".join(f"{task_id} ({NAME[r.status]})" for task_id, r in lost[:20])
+        more = f" and {len(lost) - 20} more" if len(lost) > 20 else ""
+        logger.error(
+            "stint sqlite store: closed with %d task change(s) not written to %s: %s%s. "
+            "Cause: %s. Those tasks restart from their last written state on the next start; "
+            "free disk space (or fix the cause) before then",
+            len(lost),
+            self.path,
+            shown,
+            more,
+            error,
+        )
+
+    async def ping(self) -> None:
+        if self._reader is None:
+            raise StoreError(f"the store {self.url} is not open")
+        try:
+            await self._in(self._reader, self._select_one)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path} does not answer: {exc}") from None
+
+    def _select_one(self) -> None:
+        self._connection().execute("SELECT 1").fetchone()
 
     def _take_lock(self) -> None:
         lock_path = self.path + ".lock"
@@ -150,15 +202,22 @@ class SQLiteStore:
         if self._lock_file is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
+            with contextlib.suppress(OSError):
+                self._lock_file.close()
             self._lock_file = None
 
     async def _shutdown_threads(self) -> None:
-        for pool in (self._writer, self._reader):
-            if pool is not None:
+        """Close each thread's connection and end the thread; never raises (but cancellation)."""
+        pools, self._writer, self._reader = (self._writer, self._reader), None, None
+        for pool in pools:
+            if pool is None:
+                continue
+            try:
                 await self._in(pool, self._close_connection)
+            except sqlite3.Error as exc:
+                logger.error("stint sqlite store: closing %s failed: %r", self.path, exc)
+            finally:
                 pool.shutdown(wait=True)
-        self._writer = self._reader = None
 
     async def _in(self, pool: concurrent.futures.ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
         assert self._loop is not None
@@ -179,8 +238,12 @@ class SQLiteStore:
     def _close_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
             self._local.conn = None
+            conn.close()
+
+    def _on_conn(self, fn: Any, *args: Any) -> Any:
+        """Call ``fn(connection, *args)`` with this thread's connection."""
+        return fn(self._connection(), *args)
 
     def _prepare(self) -> None:
         """Open (or create) the database and check it; runs on the writer thread."""
@@ -197,7 +260,7 @@ class SQLiteStore:
                 check = conn.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
                     raise StoreError(f"{self.path} is corrupt ({check}); restore it from a backup")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._close_connection()
@@ -205,13 +268,6 @@ class SQLiteStore:
                 f"{self.path} is not a usable stint database ({exc}); it was left untouched: "
                 "restore it from a backup or point the store at another file"
             ) from None
-
-    def _read_unfinished(self) -> list[bytes]:
-        marks = ",".join("?" * len(_UNFINISHED))
-        rows = self._connection().execute(
-            f"SELECT record FROM tasks WHERE status IN ({marks}) ORDER BY seq", _UNFINISHED
-        )
-        return [row[0] for row in rows]
 
     # writes ------------------------------------------------------------------------
 
@@ -252,30 +308,56 @@ class SQLiteStore:
 
         One batch is in flight at a time; what changes meanwhile waits for the
         next one. That is the group commit: the busier, the bigger the batches.
+        A record that cannot be packed is left out (and reported), never the batch.
         """
+        if self._writer is None:  # closed: nothing can be stored any more
+            self._fail_inserts("the store is closed")
         if not self._dirty or self._writer is None:
             self._idle()
             return
         batch = _Batch()
-        for task_id, record in self._dirty.items():
-            inserting = task_id in self._inserts
-            status = NAME[record.status]
-            blob = pack_record(record)
-            row = (
-                task_id,
-                record.function,
-                status,
-                record.created_at,
-                record.ended_at,
-                blob,
-                inserting,
-            )
+        dirty, self._dirty = self._dirty, {}
+        unwritable: list[str] = []
+        for task_id, record in dirty.items():
+            try:
+                row = row_out(record, inserting=task_id in self._inserts)
+            except Exception as exc:  # one record's fault: the others are written anyway
+                self._unwritable(record, exc)
+                unwritable.append(task_id)
+                continue
             batch.rows.append(row)
-            if inserting:
+            if row[-1]:
                 batch.adds[task_id] = self._inserts.pop(task_id)
-        self._writing, self._dirty = self._dirty, {}
-        future = asyncio.wrap_future(self._writer.submit(self._write, batch.rows))
+        for task_id in unwritable:
+            del dirty[task_id]
+        self._writing = dirty
+        if not batch.rows:
+            self._idle()
+            return
+        future = asyncio.wrap_future(self._writer.submit(self._on_conn, sql.write, batch.rows))
         future.add_done_callback(lambda done: self._committed(done, batch))
+
+    def _unwritable(self, record: TaskRecord, error: Exception) -> None:
+        task_id = record.task_id
+        logger.error(
+            "stint sqlite store: task %s (%s) cannot be written to %s and keeps its last "
+            "written state there: %r",
+            task_id,
+            NAME.get(record.status, record.status),
+            self.path,
+            error,
+        )
+        future = self._inserts.pop(task_id, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                StoreError(f"could not store task {task_id}: its record cannot be packed ({error})")
+            )
+
+    def _fail_inserts(self, why: str) -> None:
+        inserts, self._inserts = self._inserts, {}
+        for task_id, future in inserts.items():
+            if not future.done():
+                future.set_exception(StoreError(f"could not store task {task_id}: {why}"))
 
     def _committed(self, done: asyncio.Future[set[str]], batch: _Batch) -> None:
         error = done.exception()
@@ -300,7 +382,7 @@ class SQLiteStore:
 
     def _write_failed(self, error: BaseException, batch: _Batch) -> None:
         self._last_error = error
-        logger.error("stint sqlite store: a write failed: %r", error)
+        logger.error("stint sqlite store: a write to %s failed: %r", self.path, error)
         for task_id, future in batch.adds.items():  # those invokes fail: nothing was stored
             if not future.done():
                 future.set_exception(
@@ -319,34 +401,6 @@ class SQLiteStore:
             else:
                 waiter.set_result(None)
 
-    def _write(
-        self, rows: list[tuple[str, str, str, float, float | None, bytes, bool]]
-    ) -> set[str]:
-        """One transaction for the whole batch; returns the ids whose insert hit a duplicate."""
-        conn = self._connection()
-        conflicts: set[str] = set()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for task_id, function, status, created_at, ended_at, blob, inserting in rows:
-                if inserting:
-                    cursor = conn.execute(
-                        "INSERT INTO tasks (task_id, function, status, created_at, ended_at,"
-                        " record) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING",
-                        (task_id, function, status, created_at, ended_at, blob),
-                    )
-                    if cursor.rowcount == 0:
-                        conflicts.add(task_id)
-                else:
-                    conn.execute(
-                        "UPDATE tasks SET status = ?, ended_at = ?, record = ? WHERE task_id = ?",
-                        (status, ended_at, blob, task_id),
-                    )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return conflicts
-
     async def flush(self) -> None:
         """Wait until everything changed so far is committed (raises if writes keep failing)."""
         assert self._loop is not None
@@ -357,68 +411,115 @@ class SQLiteStore:
                 self._loop.call_soon(self._flush)
             await self._flush_done
 
+    # quarantine ----------------------------------------------------------------------
+
+    async def _quarantine(self, bad: builtins.list[Bad]) -> int:
+        """Move rows that cannot be read to the quarantine table (on the writer thread).
+
+        Returns how many moved; a row that changed since it was read stays. A
+        failure to move is logged, not raised: the rows are skipped either way.
+        """
+        if self._writer is None:
+            return 0
+        try:
+            moved: builtins.list[Bad] = await self._in(
+                self._writer, self._on_conn, sql.quarantine, bad, self._clock.time()
+            )
+        except sqlite3.Error as exc:
+            logger.error(
+                "stint sqlite store: could not quarantine %d damaged row(s) of %s (%r); they "
+                "are skipped",
+                len(bad),
+                self.path,
+                exc,
+            )
+            return 0
+        for row, reason in moved:
+            logger.warning(
+                "stint sqlite store: task %r quarantined: %s; its row was moved to the "
+                "quarantine table of %s and is skipped from now on",
+                row[1],
+                reason,
+                self.path,
+            )
+        self.quarantined += len(moved)
+        return len(moved)
+
+    def _quarantined_error(self, task_id: str, reason: str) -> TaskNotFoundError:
+        return TaskNotFoundError(
+            f"task {task_id!r} was quarantined: its stored record is damaged ({reason}). Its row "
+            f"is kept in the quarantine table of {self.path} for inspection; invoke it again if "
+            "the work must still be done"
+        )
+
     # reads ---------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, or None if unknown; raises ``TaskNotFoundError`` if it was quarantined."""
         found = self._live.get(task_id) or self._dirty.get(task_id) or self._writing.get(task_id)
         if found is not None:
             return found
         if self._reader is None:
             return None
-        blob = await self._in(self._reader, self._read_one, task_id)
-        return None if blob is None else unpack_record(blob)
+        row = await self._read(sql.read_one, task_id)
+        if isinstance(row, str):  # no such row: say so, or why it is gone
+            raise self._quarantined_error(task_id, row)
+        if row is None:
+            return None
+        read = from_row(row)
+        if isinstance(read, str):
+            await self._quarantine([(row, read)])
+            raise self._quarantined_error(task_id, read)
+        return read
 
-    def _read_one(self, task_id: str) -> bytes | None:
-        row = (
-            self._connection()
-            .execute("SELECT record FROM tasks WHERE task_id = ?", (task_id,))
-            .fetchone()
-        )
-        return None if row is None else bytes(row[0])
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        """``fn(connection, *args)`` on the reader thread; a database error is a StoreError."""
+        assert self._reader is not None
+        try:
+            return await self._in(self._reader, self._on_conn, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"reading {self.path} failed ({exc}); check the file and the disk"
+            ) from None
 
-    async def list(
-        self,
-        *,
-        function: str | None,
-        status: TaskState | None,
-        prefix: str | None,
-        limit: int,
-    ) -> list[TaskRecord]:
-        if limit <= 0:
-            return []
-        # Unwritten changes are newer than anything on disk: those first, then the file.
+    async def list(self, query: Query) -> builtins.list[TaskRecord]:
+        """Up to ``query.limit + 1`` matching records, in the query's order.
+
+        Records not written yet are newer than their rows on disk: they are merged in
+        from memory, and win over the rows they replace.
+        """
         fresh = {**self._writing, **self._dirty, **self._live}
-        wanted = [r for r in fresh.values() if _matches(r, function, status, prefix)]
-        wanted.sort(key=lambda r: r.created_at, reverse=True)
-        rows: list[bytes] = []
+        wanted = [
+            r
+            for r in fresh.values()
+            if query.matches(r) and query.after_start((r.created_at, r.task_id))
+        ]
+        on_disk: builtins.list[TaskRecord] = []
         if self._reader is not None:
-            rows = await self._in(
-                self._reader, self._read_many, function, status, prefix, limit + len(fresh)
-            )
-        on_disk = [unpack_record(blob) for blob in rows]
-        result = wanted + [r for r in on_disk if r.task_id not in fresh]
-        result.sort(key=lambda r: r.created_at, reverse=True)
-        return result[:limit]
+            on_disk = await self._list_disk(query, query.limit + 1 + len(fresh), fresh)
+        result = wanted + on_disk
+        result.sort(key=lambda r: (r.created_at, r.task_id), reverse=query.descending)
+        return result[: query.limit + 1]
 
-    def _read_many(
-        self, function: str | None, status: TaskState | None, prefix: str | None, limit: int
-    ) -> builtins.list[bytes]:
-        where: list[str] = []
-        args: list[object] = []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if status is not None:
-            where.append("status = ?")
-            args.append(NAME[status])
-        if prefix is not None:
-            where.append("substr(task_id, 1, ?) = ?")
-            args += [len(prefix), prefix]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._connection().execute(
-            f"SELECT record FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)
-        )
-        return [bytes(row[0]) for row in rows]
+    async def _list_disk(
+        self, query: Query, limit: int, fresh: dict[str, TaskRecord]
+    ) -> builtins.list[TaskRecord]:
+        """Matching records on disk that are not in ``fresh``; bad rows are quarantined."""
+        while True:
+            rows = await self._read(sql.read_page, query, limit)
+            records: builtins.list[TaskRecord] = []
+            bad: builtins.list[Bad] = []
+            for row in rows:
+                if row[1] in fresh:  # newer in memory (and its row is rewritten soon)
+                    continue
+                read = from_row(row)
+                if isinstance(read, TaskRecord):
+                    records.append(read)
+                else:
+                    bad.append((row, read))
+            # Once the bad rows are moved aside, read again so they do not eat into limit.
+            if not bad or not await self._quarantine(bad):
+                return records
 
     # retention -----------------------------------------------------------------------
 
@@ -429,8 +530,13 @@ class SQLiteStore:
             return 0
         self._last_retention = now
         horizon = self._clock.time() - self.max_age
-        self._writer.submit(self._retain, horizon)
+        self._writer.submit(self._retain, horizon).add_done_callback(self._retained)
         return 0
+
+    def _retained(self, done: concurrent.futures.Future[int]) -> None:
+        error = done.exception()
+        if error is not None:  # runs on the writer thread: logging is thread-safe
+            logger.error("stint sqlite store: retention on %s failed: %r", self.path, error)
 
     async def retain_now(self) -> int:
         """Delete finished records older than ``max_age`` now; returns how many went."""
@@ -439,28 +545,7 @@ class SQLiteStore:
         return deleted
 
     def _retain(self, horizon: float) -> int:
-        """Delete in bounded batches, each its own short transaction, so writers never wait long."""
-        conn = self._connection()
-        total = 0
-        while True:
-            cursor = conn.execute(
-                "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE ended_at IS NOT NULL"
-                " AND ended_at < ? LIMIT ?)",
-                (horizon, RETENTION_BATCH),
-            )
-            total += cursor.rowcount
-            if cursor.rowcount < RETENTION_BATCH:
-                return total
-
-
-def _matches(
-    record: TaskRecord, function: str | None, status: TaskState | None, prefix: str | None
-) -> bool:
-    return (
-        (function is None or record.function == function)
-        and (status is None or record.status is status)
-        and (prefix is None or record.task_id.startswith(prefix))
-    )
+        return sql.retain(self._connection(), horizon, RETENTION_BATCH)
 
 
 def _exists(task_id: str) -> TaskExistsError:

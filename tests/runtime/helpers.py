@@ -33,6 +33,18 @@ class Gate:
             raise
 
 
+async def list_all(rt: Runtime, **filters: Any) -> list[TaskRecord]:
+    """Every matching record, following rt.list's cursors page by page."""
+    found: list[TaskRecord] = []
+    cursor = None
+    while True:
+        page = await rt.list(**filters, limit=1000, cursor=cursor)
+        found += page
+        cursor = page.next_cursor
+        if cursor is None:
+            return found
+
+
 def statuses(record: TaskRecord) -> list[str]:
     return [str(event.status) for event in record.events]
 
@@ -55,4 +67,4 @@ async def until_status(
     return record
 
 
-__all__ = ["Gate", "eventually", "statuses", "until_status"]
+__all__ = ["Gate", "eventually", "list_all", "statuses", "until_status"]

@@ -282,9 +282,13 @@ async def test_close_lets_running_tasks_finish_and_leaves_nothing() -> None:
     ids = [await rt.invoke("slow") for _ in range(2)]
     await until_status(rt, ids[1], S.RUNNING)
     system = rt.actor_system
+    waiting = [asyncio.ensure_future(rt.wait(task_id)) for task_id in ids]
+    await asyncio.sleep(0)
     await rt.close()
     assert sorted(log) == ["finished", "finished", "pre_stop slow-1", "pre_stop slow-2"]
-    assert (await rt.get(ids[0])).status is S.SUCCEEDED
+    assert [(await w).status for w in waiting] == [S.SUCCEEDED, S.SUCCEEDED]
+    with pytest.raises(RuntimeClosedError):
+        await rt.get(ids[0])  # a closed runtime answers nothing more: its store is closed
     assert asyncio.all_tasks() == before
     assert system is not None and system.live_actors == 0 and not system.failures
 

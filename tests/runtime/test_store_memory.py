@@ -87,5 +87,9 @@ def test_record_wire_form_round_trips_and_refuses_garbage() -> None:
     for garbage in (b"", b"\x93\x01\x02\x03", b"\xc1", pack_record(record)[:-3]):
         with pytest.raises(WireFormatError):
             unpack_record(garbage)
+    packed = pack_record(record)
+    version_at = packed.index(b"task-record") + len(b"task-record")
+    assert packed[version_at] == 2  # the version follows the tag
+    newer = packed[:version_at] + b"\x63" + packed[version_at + 1 :]
     with pytest.raises(WireFormatError, match="version 99"):
-        unpack_record(pack_record(record).replace(b"\x01", b"\x63", 1))
+        unpack_record(newer)
