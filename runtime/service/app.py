@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime import Runtime, RuntimeClosedError, __version__
 
-from . import _pending, dashboard, models
+from . import dashboard, models
 from .api import Api, api_router
 from .bodies import ENVELOPE_BYTES
 from .events import Streams
@@ -128,7 +128,7 @@ def _add_health(app: FastAPI, rt: Runtime) -> None:
             raise RuntimeClosedError(
                 "the runtime is not running (starting or closing): wait, then retry"
             )
-        await _pending.ping_store(rt)
+        await rt.ping_store()
         return JSONResponse({"status": "ready"})
 
     @app.get(

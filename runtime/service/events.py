@@ -10,14 +10,12 @@ cancelled and the watch closed: no watcher outlives its stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from runtime import Runtime, StintError
 
-from . import _pending
 from .problems import status_of
 from .views import event_view
 
@@ -93,18 +91,13 @@ async def task_events(
 
 
 async def _pump(rt: Runtime, task_id: str, queue: asyncio.Queue[Any]) -> None:
-    events = _pending.watch(rt, task_id)
+    # rt.watch registers nothing between two reads: cancelling the pump leaves nothing behind
     try:
-        async for event in events:
+        async for event in rt.watch(task_id):
             queue.put_nowait(event)
         queue.put_nowait(_END)
     except StintError as error:
         queue.put_nowait(error)
-    finally:
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
 
 
 def _problem(error: BaseException) -> dict[str, Any]:

@@ -79,8 +79,9 @@ class Function(BaseModel):
     instances: dict[str, int] = Field(
         description="Live instances by state: Starting, Ready (idle), Busy, Frozen, Stopping"
     )
-    queued: int | None
-    running: int | None
+    queued: int = Field(description="accepted, not yet dequeued")
+    running: int = Field(description="attempts under way")
+    unfinished: int = Field(description="tasks not in a terminal state")
 
 
 class Functions(BaseModel):

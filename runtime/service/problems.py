@@ -28,6 +28,7 @@ from runtime import (
     StoreError,
     TaskExistsError,
     TaskFinishedError,
+    TaskNotFinishedError,
     TaskNotFoundError,
     WaitTimeoutError,
 )
@@ -61,6 +62,7 @@ _STATUS: list[tuple[type[StintError], int]] = [
     (StoreNotSharedError, 404),
     (TaskExistsError, 409),
     (TaskFinishedError, 409),
+    (TaskNotFinishedError, 409),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
     (PayloadError, 422),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,30 +18,42 @@ LIVE_STATES = (
 )
 
 
-def function_view(
-    spec: FunctionSpec, instances: list[InstanceInfo], stats: Mapping[str, int | None]
-) -> dict[str, Any]:
-    """One function: name, kind, configuration, instances by state, queued and running."""
-    counts = Counter(str(i.state) for i in instances)
+def function_view(spec: FunctionSpec, stats: Mapping[str, Any]) -> dict[str, Any]:
+    """One function: name, kind, configuration, instances by state, queued, running and
+    unfinished (from ``rt.function_stats()``)."""
+    counts = stats.get("instances", {})
     return {
         "name": spec.name,
         "kind": spec.config.kind,
         "config": config_view(spec),
         "instances": {str(state): counts.get(str(state), 0) for state in LIVE_STATES},
-        "queued": stats.get("queued"),
-        "running": stats.get("running"),
+        "queued": stats["queued"],
+        "running": stats["running"],
+        "unfinished": stats["unfinished"],
     }
 
 
 def config_view(spec: FunctionSpec) -> dict[str, Any]:
-    """The configuration as plain values; a hook is shown by its name (or import path)."""
+    """The configuration as JSON values: a hook by its import path or name, an exception
+    class by its qualified name, anything else unknown by its repr."""
     out: dict[str, Any] = {}
     for field in dataclasses.fields(spec.config):
         value = getattr(spec.config, field.name)
-        if callable(value):
-            value = spec.paths.get(field.name) or _name_of(value)
-        out[field.name] = value
+        out[field.name] = spec.paths.get(field.name) or _config_value(value)
     return out
+
+
+def _config_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_config_value(v) for v in value]
+    if isinstance(value, type):
+        module = value.__module__
+        return value.__qualname__ if module == "builtins" else f"{module}.{value.__qualname__}"
+    if callable(value):
+        return _name_of(value)
+    return repr(value)
 
 
 def _name_of(fn: Any) -> str:

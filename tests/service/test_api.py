@@ -62,7 +62,6 @@ async def test_msgpack_in_and_out(node: InProcess) -> None:
     assert msgpack.unpackb(got.content) == record.to_dict()
 
 
-@pytest.mark.xfail(strict=False, reason="waits for issue 10 on main (invoke delay=)")
 async def test_invoke_with_delay(node: InProcess) -> None:
     task_id = await invoke(node, "greet", {"delay": 0.05})
     record = await node.rt.wait(task_id, timeout=5)
@@ -186,7 +185,6 @@ async def test_list_rejects_bad_queries(node: InProcess) -> None:
     problem(response, 422, "InvalidRequestError")
 
 
-@pytest.mark.xfail(strict=False, reason="waits for issue 10 on main (list cursor)")
 async def test_list_cursor_walks_every_page(node: InProcess) -> None:
     ids = [await invoke(node, "greet", {"task_id": f"p-{i}"}) for i in range(5)]
     for task_id in ids:
@@ -323,11 +321,10 @@ async def test_functions_show_kind_config_and_instances(node: InProcess) -> None
     hold = functions["hold"]
     assert hold["kind"] == "async" and hold["config"]["concurrency"] == 10
     assert hold["instances"] == {"Starting": 0, "Ready": 0, "Busy": 1, "Frozen": 0, "Stopping": 0}
-    assert hold["running"] == 1
+    assert hold["running"] == 1 and hold["queued"] == 0 and hold["unfinished"] == 1
     assert functions["fail"]["config"]["max_retries"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="waits for issue 10 on main (rt.function_stats)")
 async def test_functions_show_queue_depth(node: InProcess) -> None:
     running = await invoke(node, "narrow")
     await until_status(node.rt, running, TaskState.RUNNING)
