@@ -59,6 +59,7 @@ class TaskRecord(BaseModel):
     attempts: int
     retries: int
     created_at: float
+    due_at: float | None = Field(None, description="when a delayed task may start")
     started_at: float | None
     ended_at: float | None
     instance_id: str | None
