@@ -30,6 +30,8 @@ from .target import load_runtime
 
 logger = logging.getLogger("stint.serve")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds a cancelled ``close()`` gets after the second signal before the node exits anyway.
+CUT_GRACE = 5.0
 
 
 class ServeError(StintError):
@@ -127,6 +129,8 @@ class Node:
         )
         self.server = _Server(config)
         self.stopping = asyncio.Event()
+        self.cut = asyncio.Event()
+        self.abandoned = False  # the runtime did not close even after the cut
         self.signals = 0
         self.closing: asyncio.Task[None] | None = None
 
@@ -138,6 +142,7 @@ class Node:
             self.stopping.set()
             return
         logger.warning("%s again: cutting the shutdown short", name)
+        self.cut.set()
         self.server.force_exit = True
         if self.closing is not None and not self.closing.done():
             self.closing.cancel()
@@ -189,9 +194,20 @@ class Node:
             self.rt.close_timeout,
         )
         self.closing = asyncio.create_task(self.rt.close())
-        await asyncio.wait([self.closing])
+        cut = asyncio.create_task(self.cut.wait())
+        await asyncio.wait([self.closing, cut], return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        if not self.closing.done():  # cut short: the cancelled close() gets a bounded while
+            await asyncio.wait([self.closing], timeout=CUT_GRACE)
         elapsed = time.monotonic() - started
-        if self.closing.cancelled():
+        if not self.closing.done():
+            logger.error(
+                "the runtime had not closed %s s after the cut; exiting without it "
+                "(unfinished tasks are lost unless the store is durable)",
+                CUT_GRACE,
+            )
+            self.abandoned = True
+        elif self.closing.cancelled():
             logger.warning("runtime closed in %.2f s, cut short by a second signal", elapsed)
         else:
             self.closing.result()
@@ -220,11 +236,13 @@ async def serve(options: ServeOptions) -> int:
             host, port = await rt.serve_metrics(options.metrics_host, options.metrics_port)
             logger.info("metrics on http://%s:%s/metrics", _host_for_url(host), port)
         await node.run()
+        if node.abandoned:
+            return 1
     finally:
         for signum in SIGNALS:
             loop.remove_signal_handler(signum)
         sock.close()
-        if rt.started:  # something above failed after start: close what started
+        if rt.started and not node.stopping.is_set():  # failed after start: close it
             await rt.close()
     return 0
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from runtime import Runtime, TaskState
+from runtime import Runtime, StoreError, TaskState
 from runtime.service import create_app
 from tests.conftest import eventually
 from tests.runtime.helpers import until_status
@@ -147,6 +147,18 @@ async def test_a_closed_runtime_is_503(node: InProcess) -> None:
     problem(response, 503, "RuntimeClosedError")
     assert response.headers["retry-after"] == "1"
     problem(await node.client.get("/readyz"), 503, "RuntimeClosedError")
+
+
+async def test_an_unreachable_store_is_503(
+    node: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down() -> None:
+        raise StoreError("the store does not answer (test): check the database")
+
+    monkeypatch.setattr(node.rt, "ping_store", down)
+    response = await node.client.get("/readyz")
+    problem(response, 503, "StoreError")
+    assert response.headers["retry-after"] == "1"
 
 
 # --- read, list, stop -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.service.browser import chromium, viewport
-from tests.service.conftest import Served
+from tests.service.conftest import Served, finish, start_node
 
 pytestmark = [pytest.mark.browser, pytest.mark.subprocess]
 WAIT = 15
@@ -82,3 +82,24 @@ def test_dashboard_shows_tasks_live_and_stops_one(served: Served, tmp_path: path
         assert logs == [], logs
     finally:
         driver.quit()
+
+
+def test_dashboard_with_a_token(tmp_path: pathlib.Path) -> None:
+    """Opened as /?token=..., the page drops the token from the address and uses it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    node = start_node("--token", "s3cret")
+    driver = chromium(tmp_path)
+    try:
+        driver.get(node.url + "/")
+        assert "needs a token" in driver.find_element(By.TAG_NAME, "body").text
+        driver.get(node.url + "/?token=s3cret")
+        wait = WebDriverWait(driver, WAIT)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#functions .card")) == 4)
+        assert "token" not in driver.current_url
+        assert driver.find_element(By.ID, "conn").get_attribute("data-state") == "ok"
+    finally:
+        driver.quit()
+        node.process.terminate()
+        finish(node)

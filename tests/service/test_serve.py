@@ -66,6 +66,9 @@ def test_cli_against_a_node(served: Served) -> None:
     assert task_id in table
     fits_80(table)
 
+    later = json.loads(ok(stint("invoke", "greet", "--delay", "0.05", "--wait", "--json", *url)))
+    assert later["status"] == "Succeeded" and later["due_at"] is not None
+
     functions = json.loads(ok(stint("functions", "--json", *url)))
     assert {f["name"] for f in functions["functions"]} == {"greet", "hold", "fail", "tiny"}
     fits_80(ok(stint("functions", *url)))
@@ -141,23 +144,28 @@ def test_sigterm_lets_a_running_task_finish(tmp_path: Any) -> None:
     assert run(status(), loop="asyncio") is TaskState.SUCCEEDED
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="runtime: a cancelled close() hangs while an async attempt runs "
-    "(instances/async_kind.py _absorb_cancel swallows close's cancellation); reported",
-)
 def test_a_second_signal_cuts_the_shutdown_short() -> None:
+    """The second signal cancels close(); the node exits within a bounded time even when
+    the runtime does not finish closing (a known runtime defect: a cancelled close()
+    can hang while an async attempt runs; then the node logs it and exits 1)."""
     node = start_node()
     httpx.post(f"{node.url}/v1/functions/hold/invocations", json={})  # runs until stopped
     node.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)  # let the first one reach rt.close(): it waits for the attempt
+    deadline = time.monotonic() + 10
+    while not any("running attempt(s) to finish" in line for line in node.lines):
+        assert node.process.stderr is not None and time.monotonic() < deadline
+        node.lines.append(node.process.stderr.readline().rstrip())
     node.process.send_signal(signal.SIGINT)
     try:
-        log = finish(node, timeout=5)
+        log = finish(node, timeout=15)
     finally:
         node.process.kill()
         node.process.communicate()
-    assert "cutting the shutdown short" in log and node.process.returncode == 0
+    assert "SIGINT again: cutting the shutdown short" in log
+    if "cut short by a second signal" in log:
+        assert node.process.returncode == 0
+    else:
+        assert "exiting without it" in log and node.process.returncode == 1
 
 
 def test_token_is_enforced() -> None:
