@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import pathlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from runtime import ManualClock, Runtime
 from runtime.loop import loop_factory
+from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -70,3 +72,46 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.001)
+
+
+# --- a real Redis (tests/redis_server.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session (free loopback port, temp dir, AOF on)."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+_redis_prefixes = itertools.count(1)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A store URL on the session's server with a key prefix of its own; flushed afterwards."""
+    yield f"{redis_server.url}?prefix=test{next(_redis_prefixes)}"
+    redis_server.flush()
+
+
+@pytest.fixture
+def make_redis_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-servers of a test's own (to restart or kill, or with ``tls=True``);
+    all stopped afterwards."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    started: list[RedisServer] = []
+
+    def make(*, tls: bool = False) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}", tls=tls)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

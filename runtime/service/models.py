@@ -24,7 +24,7 @@ class InvocationRequest(BaseModel):
     )
     task_id: str | None = Field(
         None,
-        description="Your own id (letters, digits, _ and -, "
+        description="Your own id (letters, digits, _, - and ., "
         "up to 128, starting with a letter or _); one is made if omitted",
     )
     delay: float | None = Field(

@@ -1,0 +1,289 @@
+"""One connection pool to the cluster's Redis: scripts, error mapping, reconnect bookkeeping.
+
+redis-py's asyncio client (with hiredis) does the talking. This wrapper adds what
+stint needs on top: every Redis failure becomes a :class:`StoreError` that says
+what to do, scripts run by SHA with a fallback when the server lost them (a
+restart), and a node notices when it lost Redis and when it got it back (logged
+once each, counted for metrics). redis-py's own retries are off: a script that
+changes state must never run twice because a reply was lost, so whoever calls
+decides whether to retry (the record writer resends with the same write token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
+
+try:  # redis-py >= 7
+    from redis.maint_notifications import MaintNotificationsConfig as _MaintConfig
+except ImportError:  # pragma: no cover - older redis-py: nothing to turn off
+    _MaintConfig = None  # type: ignore[assignment,misc]
+
+from ...errors import StoreError
+from .keys import RedisKeys
+from .scripts import Script
+from .url import RedisOptions
+
+logger = logging.getLogger("stint")
+
+MIN_SERVER = (6, 2)  # XPENDING with an exclusive start, XAUTOCLAIM-era stream semantics
+SOCKET_TIMEOUT = 5.0  # seconds a command may take before the connection counts as lost
+CONNECT_TIMEOUT = 2.0
+#: Blocking reads (XREAD BLOCK) are kept this far under the socket timeout.
+MAX_BLOCK = SOCKET_TIMEOUT - 1.0
+
+Arg = str | bytes | int | float
+
+
+class StoreUnavailableError(StoreError):
+    """Redis could not be reached, or the connection broke during a call.
+
+    When it broke mid-call the change may have been applied: every script is
+    atomic, so it was applied whole or not at all.
+    """
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: attempt n waits in [d/2, d], d = min(cap, base*2^n).
+
+    The jitter keeps the nodes of a cluster from reconnecting in lockstep after
+    Redis comes back; ``rng`` is injectable so tests get exact delays.
+    """
+
+    __slots__ = ("base", "cap", "rng")
+
+    def __init__(
+        self, base: float = 0.05, cap: float = 2.0, rng: Callable[[], float] = random.random
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.rng = rng
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.cap, self.base * 2 ** min(attempt, 32))
+        return float(ceiling / 2 + self.rng() * ceiling / 2)
+
+
+class RedisConnection:
+    """The cluster's Redis for one runtime: one connection pool, every call through it.
+
+    ``connect()`` checks the server (reachable, version >= 6.2); ``close()``
+    releases the pool. ``run`` / ``run_many`` call scripts, ``command`` anything
+    else. Counters for metrics: ``failures`` (calls that failed for want of
+    Redis), ``reconnects`` (times Redis came back after such a failure).
+    """
+
+    def __init__(
+        self,
+        options: RedisOptions,
+        *,
+        client_name: str | None = None,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.options = options
+        self.keys = RedisKeys(options.prefix)
+        self.backoff = backoff or Backoff()
+        self.failures = 0
+        self.reconnects = 0
+        self.connected = False  #: True after a successful call, False after a failed one
+        self._down_since: float | None = None
+        self._client = _make_client(options, client_name, socket_timeout, connect_timeout)
+        # redis-py leaves execute_command untyped: one typed handle for every call
+        self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        self._closed = False
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis-py client (for pub/sub and tests; stint's own calls go through ``run``)."""
+        return self._client
+
+    async def connect(self) -> None:
+        """Reach the server and check its version; raises :class:`StoreError` if unusable."""
+        info = await self.command("INFO", "server")
+        version = _server_version(info)
+        if version < MIN_SERVER:
+            raise StoreError(
+                f"Redis at {self.options.safe_url} is version {'.'.join(map(str, version))}; "
+                f"stint needs Redis >= {'.'.join(map(str, MIN_SERVER))}: upgrade the server"
+            )
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+    async def wait_until_up(self, timeout: float | None = None) -> None:
+        """Ping with backoff until Redis answers; :class:`StoreUnavailableError` at ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            try:
+                await self.command("PING")
+                return
+            except StoreUnavailableError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                pause = self.backoff.delay(attempt)
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                await asyncio.sleep(pause)
+                attempt += 1
+
+    # calls ---------------------------------------------------------------------------
+
+    async def command(self, *args: Arg) -> Any:
+        """Run one Redis command; Redis failures become :class:`StoreError`."""
+        try:
+            result = await self._execute(*args)
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, str(args[0])) from None
+        self._succeeded()
+        return result
+
+    async def commands(self, calls: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Run several commands in one round trip (a pipeline, not a transaction)."""
+        pipe = self._client.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command(*args)
+        try:
+            results: list[Any] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, str(calls[0][0]) if calls else "pipeline") from None
+        self._succeeded()
+        return results
+
+    async def run(self, script: Script, args: Sequence[Arg]) -> Any:
+        """Run a script (EVALSHA; loads it first if the server does not have it)."""
+        try:
+            try:
+                result = await self._execute("EVALSHA", script.sha, 0, *args)
+            except NoScriptError:
+                await self._execute("SCRIPT", "LOAD", script.source)
+                result = await self._execute("EVALSHA", script.sha, 0, *args)
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, script.name) from None
+        self._succeeded()
+        return result
+
+    async def run_many(self, script: Script, calls: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Run a script once per argument list, all in one round trip (a pipeline)."""
+        if not calls:
+            return []
+        try:
+            results = await self._pipeline(script, calls)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # none of those ran: load the script and run just them again
+                await self._execute("SCRIPT", "LOAD", script.source)
+                again = await self._pipeline(script, [calls[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, script.name) from None
+        for result in results:
+            if isinstance(result, Exception):
+                raise self._failed(result, script.name)
+        self._succeeded()
+        return results
+
+    async def _pipeline(self, script: Script, calls: Sequence[Sequence[Arg]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command("EVALSHA", script.sha, 0, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    # bookkeeping -----------------------------------------------------------------------
+
+    def _failed(self, exc: BaseException, what: str) -> StoreError:
+        url = self.options.safe_url
+        if isinstance(exc, ResponseError) and not _is_transient(exc):
+            return StoreError(f"Redis at {url} refused {what}: {exc}")
+        if self.connected or self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.warning(
+                "stint: lost Redis at %s (%s: %s); reconnecting", url, type(exc).__name__, exc
+            )
+        self.connected = False
+        self.failures += 1
+        return StoreUnavailableError(
+            f"Redis at {url} is unreachable ({type(exc).__name__}: {exc}); check that it runs "
+            "and is reachable from this host (if the connection broke mid-call, the change "
+            "may have been applied whole)"
+        )
+
+    def _succeeded(self) -> None:
+        if self.connected:
+            return
+        self.connected = True
+        if self._down_since is not None:
+            self.reconnects += 1
+            logger.warning(
+                "stint: reconnected to Redis at %s after %.1f s",
+                self.options.safe_url,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+
+
+def _is_transient(exc: ResponseError) -> bool:
+    """Errors that pass when the server is back to normal (loading, busy, failing over,
+    out of memory until something expires)."""
+    text = str(exc)
+    return text.startswith(("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "OOM"))
+
+
+def _server_version(info: Any) -> tuple[int, ...]:
+    raw = info.get("redis_version", "0") if isinstance(info, dict) else "0"
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
+def _make_client(
+    options: RedisOptions, client_name: str | None, socket_timeout: float, connect_timeout: float
+) -> aioredis.Redis:
+    common: dict[str, Any] = {
+        "db": options.db,
+        "username": options.username,
+        "password": options.password,
+        "socket_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": client_name,
+        "decode_responses": False,
+    }
+    if _MaintConfig is not None:
+        # redis-py >= 7 skips its check for a closed pooled connection while these (RESP3
+        # only) notifications are on; off, a connection the server closed is replaced
+        # before use instead of failing the next command.
+        common["maint_notifications_config"] = _MaintConfig(enabled=False)
+    if options.unix_path is not None:
+        common.pop("maint_notifications_config", None)  # set by redis-py for sockets
+        return aioredis.Redis(unix_socket_path=options.unix_path, **common)
+    if options.tls:
+        common.update(
+            ssl_ca_certs=options.ssl_ca_certs,
+            ssl_certfile=options.ssl_certfile,
+            ssl_keyfile=options.ssl_keyfile,
+            ssl_cert_reqs=options.ssl_cert_reqs,
+            ssl_check_hostname=options.ssl_cert_reqs == "required",
+        )
+    return aioredis.Redis(
+        host=options.host or "localhost",
+        port=options.port,
+        ssl=options.tls,
+        socket_connect_timeout=connect_timeout,
+        **common,
+    )

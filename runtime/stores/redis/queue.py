@@ -1,0 +1,231 @@
+"""The shared queue: one Redis Stream per function, one consumer group, each node a consumer.
+
+A node takes only as many entries as it has free slots (``fetch``), and the
+same script that reads them claims their tasks, so "dequeued" still means "a
+slot on this node is reserved" and nothing is prefetched that an idle node
+could have run. When a stream is empty the node waits with ``wait_for_entries``
+(XREAD BLOCK, which delivers nothing: cancelling it loses no work) and fetches
+again when something arrives. Delayed starts and retry backoffs wait in one due
+set; ``move_due`` moves what is due into the streams, exactly once whichever
+node runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Container, Iterable, Mapping
+from typing import Any
+
+import msgpack
+
+from . import scripts
+from .client import MAX_BLOCK, RedisConnection
+from .keys import GROUP
+from .replies import fields, text
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task this node now holds: write its transitions with ``epoch`` (the fencing token).
+
+    ``previous_owner`` is "" for a task taken from the queue, else the node that
+    held it before (a dead node, or this node after a lost reply): the task's
+    state is then ``status`` as that node left it, and the recovery rules apply.
+    """
+
+    task_id: str
+    function: str
+    stream_id: str
+    epoch: int
+    status: str
+    blob: bytes
+    previous_owner: str
+
+    @property
+    def recovered(self) -> bool:
+        return self.previous_owner != ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one ``fetch`` got, per function, and where each stream ended."""
+
+    claimed: dict[str, list[Claimed]]
+    #: per function: the id of the last entry in its stream ("0-0" if empty): wait after it
+    last_ids: dict[str, str]
+    #: True when this node's heartbeat is gone: it took nothing and must not take work
+    lapsed: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One function's queue as Redis sees it (for metrics)."""
+
+    depth: int  #: entries not yet taken by any node
+    pending: int  #: entries taken and not yet acknowledged (tasks under way)
+
+
+#: Tasks one fetch takes per function at most (more free slots fetch again): one script
+#: never holds the single-threaded server for long.
+MAX_FETCH = 1000
+
+
+class RedisQueue:
+    """One node's view of the functions' streams."""
+
+    def __init__(self, conn: RedisConnection, node: str) -> None:
+        self.conn = conn
+        self.keys = conn.keys
+        self.node = node
+
+    async def fetch(self, wanted: Mapping[str, int]) -> Fetched:
+        """Take up to ``wanted[fn]`` (at most ``MAX_FETCH``) new tasks of each function,
+        in one round trip.
+
+        Each returned task is claimed (owner = this node, epoch + 1). Entries whose
+        task finished or was stopped while queued are acknowledged and skipped.
+        """
+        args: list[Any] = [self.keys.base, self.node]
+        for function, count in wanted.items():
+            if count > 0:
+                args += (function, min(count, MAX_FETCH))
+        if len(args) == 2:
+            return Fetched({}, {})
+        reply = await self.conn.run(scripts.fetch, args)
+        if reply[0] == -1:
+            return Fetched({}, {}, lapsed=True)
+        claimed: dict[str, list[Claimed]] = {}
+        last_ids: dict[str, str] = {}
+        at = 1
+        while at < len(reply):
+            function, last, count = text(reply[at]), text(reply[at + 1]), int(reply[at + 2])
+            at += 3
+            claimed[function] = parse_claimed(function, reply[at : at + 6 * count])
+            last_ids[function] = last
+            at += 6 * count
+        return Fetched(claimed, last_ids)
+
+    async def wait_for_entries(self, after: Mapping[str, str], timeout: float) -> set[str]:
+        """Wait until a stream has an entry after ``after[fn]`` (from ``Fetched.last_ids``).
+
+        Returns the functions that have (possibly already taken by another node:
+        fetch again to see), or an empty set after ``timeout`` seconds (capped a
+        little under the socket timeout; call again to wait longer).
+        """
+        if not after:
+            return set()
+        block_ms = max(1, int(min(timeout, MAX_BLOCK) * 1000))
+        streams = [self.keys.stream(function) for function in after]
+        reply = await self.conn.command(
+            "XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *after.values()
+        )
+        if not reply:
+            return set()
+        names = reply.keys() if isinstance(reply, dict) else (item[0] for item in reply)
+        start = len(self.keys.base) + 2  # "<prefix>:q:"
+        return {text(name)[start:] for name in names}
+
+    async def move_due(self, limit: int = 1000) -> tuple[int, float | None]:
+        """Queue every retry or delayed start that is due (by Redis' clock), up to ``limit``.
+
+        Returns how many moved and in how many seconds the next one is due (0 if
+        more are due already; None if none waits). Safe to run on every node at
+        once: each member moves exactly once.
+        """
+        moved, next_ms = await self.conn.run(scripts.move_due, (self.keys.base, limit))
+        return int(moved), (float(next_ms) / 1000 if next_ms not in (b"", "", None) else None)
+
+    async def adopt(
+        self, functions: Iterable[str], known: Container[str], *, page: int = 500
+    ) -> list[Claimed]:
+        """Claim again the entries of this node's own pending list it does not hold.
+
+        A node that lost the reply of a ``fetch`` (or of a reclaim) owns tasks it
+        never heard of; call this after a reconnect and on start (a node that
+        restarts under a fixed ``node_id`` finds its previous life's tasks here),
+        with ``known`` = every task id the node holds, while no fetch is under way.
+        Returned tasks come with ``previous_owner`` = this node: recover them.
+        """
+        entries: list[tuple[str, str, str]] = []
+        for function in functions:
+            entries += await self._own_pending(function, known, page)
+        function_of = {task_id: function for function, _, task_id in entries}
+        claimed: list[Claimed] = []
+        for start in range(0, len(entries), page):
+            chunk = msgpack.packb(entries[start : start + page], use_bin_type=False)
+            reply = await self.conn.run(scripts.adopt, [self.keys.base, self.node, chunk])
+            claimed += [
+                dataclasses.replace(item, function=function_of[item.task_id])
+                for item in parse_claimed("", reply)
+            ]
+        return claimed
+
+    async def _own_pending(
+        self, function: str, known: Container[str], page: int
+    ) -> list[tuple[str, str, str]]:
+        """(function, entry id, task id) of this node's pending entries it does not hold."""
+        stream = self.keys.stream(function)
+        found: list[tuple[str, str, str]] = []
+        start = "0"
+        while True:  # XREADGROUP with an id reads this consumer's own pending entries
+            reply = await self.conn.command(
+                "XREADGROUP", "GROUP", GROUP, self.node, "COUNT", page, "STREAMS", stream, start
+            )
+            entries = _stream_entries(reply)
+            for eid, task_id in entries:
+                if task_id is None:  # deleted meanwhile: adopt drops it from the list
+                    found.append((function, eid, ""))
+                elif task_id not in known:
+                    found.append((function, eid, task_id))
+            if len(entries) < page:
+                return found
+            start = entries[-1][0]
+
+    async def stats(self, functions: Iterable[str]) -> dict[str, QueueStats]:
+        """Queue depth and pending entries of each function, in one round trip."""
+        names = list(functions)
+        if not names:
+            return {}
+        reply = await self.conn.run(scripts.queue_stats, [self.keys.base, *names])
+        result: dict[str, QueueStats] = {}
+        for i, function in enumerate(names):
+            depth, pending = int(reply[2 * i]), int(reply[2 * i + 1])
+            result[function] = QueueStats(depth=depth, pending=pending)
+        return result
+
+    async def due_count(self) -> int:
+        """Tasks waiting out a retry backoff or a delayed start (all functions)."""
+        count: int = await self.conn.command("ZCARD", self.keys.due)
+        return count
+
+
+def parse_claimed(function: str, flat: list[Any]) -> list[Claimed]:
+    """A script's claimed items, six values each (task id, entry id, epoch, status, blob,
+    previous owner), as Claimed."""
+    items: list[Claimed] = []
+    for i in range(0, len(flat), 6):
+        task_id, eid, epoch, status, blob, previous = flat[i : i + 6]
+        items.append(
+            Claimed(
+                task_id=text(task_id),
+                function=function,
+                stream_id=text(eid),
+                epoch=int(epoch),
+                status=text(status),
+                blob=bytes(blob),
+                previous_owner=text(previous),
+            )
+        )
+    return items
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, str | None]]:
+    """(entry id, task id or None if deleted) from an XREADGROUP reply for one stream."""
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+    entries: list[tuple[str, str | None]] = []
+    for raw in streams[0]:
+        value = fields(raw[1]).get("t") if raw[1] else None
+        entries.append((text(raw[0]), None if value is None else text(value)))
+    return entries

@@ -1,0 +1,347 @@
+"""Group commit to Redis: one script call carries every change made while the last was in flight.
+
+:class:`RecordWriter` is the SQLite store's write-behind, made for a shared store:
+transitions of one task coalesce into one compare-and-set, one batch is in flight
+at a time, and what changed meanwhile forms the next. Each write carries the
+node's ownership (owner, epoch) so a node that lost a task is refused (fenced)
+rather than overwriting what another node decided. During a Redis outage the
+unwritten batch is resent (same write tokens, so a write that did land is
+recognised) with backoff, in order; memory stays flat because pending changes
+are kept per task, never per transition.
+
+:class:`InvokeBatcher` does the same for new tasks: the invokes of one loop turn
+(and of the time the previous batch was in flight) share one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import StoreError
+from . import scripts
+from .client import Backoff, StoreUnavailableError
+from .records import (
+    BATCH,
+    InvokeCode,
+    NewTask,
+    RecordStore,
+    Transition,
+    WriteCode,
+    WriteResult,
+)
+
+logger = logging.getLogger("stint")
+
+#: Called for every write that did not go through: (task id, the write, why).
+OnRefused = Callable[[str, Transition, WriteResult], None]
+_GIVE_UP = scripts.RELEASE | scripts.FINAL  # after these the task is no longer this node's
+
+
+class _Owned:
+    __slots__ = ("epoch", "status")
+
+    def __init__(self, epoch: int, status: str) -> None:
+        self.epoch = epoch
+        self.status = status  # the status Redis has (as far as this node knows)
+
+
+class _Dirty:
+    __slots__ = ("delay_ms", "flags", "record", "status")
+
+    def __init__(self, status: str, record: Any, flags: int, delay_ms: int | None) -> None:
+        self.status = status
+        self.record = record
+        self.flags = flags
+        self.delay_ms = delay_ms
+
+
+class RecordWriter:
+    """Write-behind of one node's transitions, as compare-and-sets on what it owns.
+
+    ``own(task_id, epoch, status)`` after a claim; ``put(task_id, status, record,
+    flags, delay_ms)`` after each transition (never waits; ``pack(record)`` runs at
+    write time, so several transitions cost one pack and one write); ``flush()``
+    waits until everything put so far is written. Writes Redis refused are
+    reported to ``on_refused`` (fenced: the task was reclaimed; conflict: its
+    status changed elsewhere, e.g. a stop; missing: the record is gone), and the
+    task is no longer this writer's unless ``own`` is called again.
+    """
+
+    def __init__(
+        self,
+        records: RecordStore,
+        node: str,
+        *,
+        pack: Callable[[Any], bytes] = bytes,
+        on_refused: OnRefused | None = None,
+        max_batch: int = BATCH,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.records = records
+        self.node = node
+        self._pack = pack
+        self._on_refused = on_refused
+        self._max_batch = max_batch
+        self._backoff = backoff or records.conn.backoff
+        self._owned: dict[str, _Owned] = {}
+        self._dirty: dict[str, _Dirty] = {}
+        self._resend: list[Transition] = []  # the batch an outage interrupted, sent first
+        self._task: asyncio.Task[None] | None = None
+        self._tokens = itertools.count(1)
+        self._token_prefix = os.urandom(4).hex() + ":"
+        self._closed = False
+        # counters (metrics)
+        self.written = 0
+        self.batches = 0
+        self.fenced = 0
+        self.conflicts = 0
+        self.missing = 0
+        self.resends = 0
+
+    # ownership ---------------------------------------------------------------------------
+
+    def own(self, task_id: str, epoch: int, status: str) -> None:
+        """This node now holds ``task_id`` at ``epoch``, stored as ``status``."""
+        self._owned[task_id] = _Owned(epoch, status)
+
+    def ownership(self, task_id: str) -> tuple[int, str] | None:
+        """(epoch, status as stored) of a task this writer holds, else None."""
+        owned = self._owned.get(task_id)
+        return None if owned is None else (owned.epoch, owned.status)
+
+    def forget(self, task_id: str) -> None:
+        """Drop a task and any unwritten change of it (it is no longer this node's)."""
+        self._owned.pop(task_id, None)
+        self._dirty.pop(task_id, None)
+
+    def forget_all(self) -> int:
+        """Drop every task (the node's lease lapsed: the reclaimer owns them); returns how many."""
+        dropped = len(self._owned)
+        self._owned.clear()
+        self._dirty.clear()
+        self._resend = []
+        return dropped
+
+    @property
+    def owned(self) -> int:
+        return len(self._owned)
+
+    @property
+    def pending(self) -> int:
+        """Changes not written yet (tasks with unwritten transitions, plus a batch to resend)."""
+        return len(self._dirty) + len(self._resend)
+
+    # writes --------------------------------------------------------------------------------
+
+    def put(
+        self,
+        task_id: str,
+        status: str,
+        record: Any,
+        flags: int = 0,
+        delay_ms: int | None = None,
+    ) -> None:
+        """The task moved to ``status``; write it (with ``flags``) in the next batch."""
+        dirty = self._dirty.get(task_id)
+        if dirty is None:
+            self._dirty[task_id] = _Dirty(status, record, flags, delay_ms)
+        else:
+            dirty.status = status
+            dirty.record = record
+            dirty.flags |= flags
+            if delay_ms is not None:
+                dirty.delay_ms = delay_ms
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every change put so far is written (or refused and reported).
+
+        Raises :class:`StoreUnavailableError` if Redis stays unreachable for ``timeout`` s.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self._task is not None:
+                    await asyncio.shield(self._task)
+        except TimeoutError:
+            raise StoreUnavailableError(
+                f"{self.pending} task change(s) could not be written to Redis at "
+                f"{self.records.conn.options.safe_url} within {timeout} s; they are kept and "
+                "retried while the runtime runs"
+            ) from None
+
+    async def close(self, timeout: float | None = None) -> int:
+        """Flush (for up to ``timeout`` s), then stop; returns how many changes were not written."""
+        with contextlib.suppress(StoreUnavailableError):
+            await self.flush(timeout)
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return self.pending
+
+    async def _drain(self) -> None:
+        attempt = 0
+        try:
+            while self._resend or self._dirty:
+                batch = self._resend or self._take()
+                if not batch:
+                    continue
+                try:
+                    results = await self.records.transition(batch, node=self.node)
+                except StoreUnavailableError:
+                    self._resend = batch
+                    self.resends += 1
+                    await asyncio.sleep(self._backoff.delay(attempt))
+                    attempt += 1
+                    continue
+                except StoreError as exc:
+                    self._resend = []
+                    self._refuse_all(batch, exc)
+                    continue
+                attempt = 0
+                self._resend = []
+                self.batches += 1
+                self._settle(batch, results)
+        finally:
+            self._task = None
+
+    def _take(self) -> list[Transition]:
+        """Turn up to ``max_batch`` dirty tasks into compare-and-sets on what Redis has."""
+        batch: list[Transition] = []
+        prefix = self._token_prefix
+        for task_id in list(itertools.islice(self._dirty, self._max_batch)):
+            dirty = self._dirty.pop(task_id)
+            owned = self._owned.get(task_id)
+            if owned is None:
+                logger.error("stint: a write for task %s, which this node does not hold", task_id)
+                continue
+            batch.append(
+                Transition(
+                    task_id,
+                    owned.status,
+                    self.node,
+                    owned.epoch,
+                    dirty.status,
+                    self._pack(dirty.record),
+                    dirty.flags,
+                    dirty.delay_ms,
+                    f"{prefix}{next(self._tokens):x}",
+                )
+            )
+        return batch
+
+    def _settle(self, batch: list[Transition], results: list[WriteResult]) -> None:
+        for item, result in zip(batch, results, strict=True):
+            task_id = item.task_id
+            if result.ok:
+                self.written += 1
+                owned = self._owned.get(task_id)
+                if item.flags & _GIVE_UP:
+                    self._owned.pop(task_id, None)
+                elif owned is not None:
+                    owned.status = item.new_status
+                continue
+            self._dirty.pop(task_id, None)
+            if result.code is WriteCode.CONFLICT:
+                self.conflicts += 1
+                owned = self._owned.get(task_id)
+                if owned is not None:  # what Redis has now: a new put starts from it
+                    owned.status = result.detail
+            else:
+                self._owned.pop(task_id, None)
+                if result.code is WriteCode.FENCED:
+                    self.fenced += 1
+                    logger.warning(
+                        "stint: task %s is no longer this node's (now held by %s); its late "
+                        "write (%s) was refused: another node reclaimed it while this node "
+                        "could not reach Redis",
+                        task_id,
+                        result.detail or "nobody",
+                        item.new_status,
+                    )
+                else:
+                    self.missing += 1
+            if self._on_refused is not None:
+                self._on_refused(task_id, item, result)
+
+    def _refuse_all(self, batch: list[Transition], exc: StoreError) -> None:
+        logger.error("stint: Redis refused a batch of %d task writes: %s", len(batch), exc)
+        for item in batch:
+            self._owned.pop(item.task_id, None)
+            if self._on_refused is not None:
+                self._on_refused(item.task_id, item, WriteResult(WriteCode.MISSING, str(exc)))
+
+
+class InvokeBatcher:
+    """Group commit for new tasks: ``add`` returns a future answered when its batch is stored.
+
+    One ``invoke_many`` is in flight at a time; the tasks added meanwhile form the
+    next, so a burst of invokes costs a few round trips, not one each.
+    """
+
+    def __init__(self, records: RecordStore, *, max_batch: int = 4 * BATCH) -> None:
+        self.records = records
+        self._max_batch = max_batch
+        self._waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
+        self._in_flight: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def add(self, task: NewTask) -> asyncio.Future[InvokeCode]:
+        """Queue ``task`` for the next batch; the future gets its :class:`InvokeCode`
+        (or the :class:`StoreError` that kept the batch from being stored)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[InvokeCode] = loop.create_future()
+        self._waiting.append((task, future))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+            self._task.add_done_callback(self._drained)
+        return future
+
+    async def close(self) -> None:
+        """Wait for the batches under way (new adds after this still work)."""
+        while self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+            await asyncio.sleep(0)  # lets the done callback run
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch = self._in_flight = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            try:
+                codes = await self.records.invoke_many([task for task, _ in batch])
+            except StoreError as exc:
+                _fail(batch, exc)
+                continue
+            self.batches += 1
+            for (_, future), code in zip(batch, codes, strict=True):
+                if not future.done():
+                    future.set_result(code)
+        self._in_flight = []
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """The drain ended: if it was cancelled or hit a bug, no caller may wait forever."""
+        self._task = None
+        if task.cancelled() or task.exception() is not None:
+            why = "cancelled" if task.cancelled() else repr(task.exception())
+            _fail(self._in_flight + self._waiting, StoreError(f"the invoke was not stored: {why}"))
+            self._in_flight, self._waiting = [], []
+        elif self._waiting:  # added after the loop ended, before this callback ran
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task.add_done_callback(self._drained)
+
+
+def _fail(waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]], error: StoreError) -> None:
+    for _, future in waiting:  # each its own copy, so tracebacks stay apart
+        if not future.done():
+            future.set_exception(type(error)(*error.args))

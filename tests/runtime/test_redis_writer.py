@@ -1,0 +1,261 @@
+"""Group commit to a real Redis: coalesced writes, fenced and conflicting writes reported."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from runtime.errors import StoreError
+from runtime.stores.redis import (
+    ACK,
+    FINAL,
+    NOTIFY,
+    RELEASE,
+    InvokeBatcher,
+    InvokeCode,
+    NewTask,
+    QueueStats,
+    RecordWriter,
+    StoreUnavailableError,
+    Transition,
+    WriteCode,
+    WriteResult,
+)
+from tests.runtime.redis_helpers import Node, open_nodes
+
+pytestmark = pytest.mark.redis
+
+Refusal = tuple[str, str, WriteCode, str]
+
+
+def make_writer(node: Node, refused: list[Refusal] | None = None) -> RecordWriter:
+    def on_refused(task_id: str, item: Transition, result: WriteResult) -> None:
+        if refused is not None:
+            refused.append((task_id, item.new_status, result.code, result.detail))
+
+    return RecordWriter(node.records, node.node_id, pack=str.encode, on_refused=on_refused)
+
+
+async def status_of(node: Node, task_id: str) -> tuple[str, bytes]:
+    record = await node.records.get(task_id)
+    assert record is not None
+    return record.status, record.blob
+
+
+async def test_transitions_of_one_task_coalesce_into_one_write(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        packed: list[str] = []
+
+        def pack(record: str) -> bytes:
+            packed.append(record)
+            return record.encode()
+
+        writer = RecordWriter(a.records, "a", pack=pack)
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Dequeued", "rec-dequeued")
+        writer.put("t1", "Running", "rec-running")
+        writer.put("t1", "Succeeded", "rec-succeeded", ACK | FINAL)
+        assert writer.pending == 1
+        await writer.flush()
+        assert await status_of(a, "t1") == ("Succeeded", b"rec-succeeded")
+        assert (writer.batches, writer.written, packed) == (1, 1, ["rec-succeeded"])
+        assert writer.ownership("t1") is None and writer.owned == 0  # finished: not held
+        assert await a.queue.stats(["f"]) == {"f": QueueStats(0, 0)}
+        assert await writer.close() == 0
+
+
+async def test_changes_made_during_a_write_form_the_next_batch(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        ids = [f"t{i}" for i in range(50)]
+        await a.invoke("f", *ids)
+        writer = make_writer(a)
+        for claimed in await a.fetch("f", 50):
+            writer.own(claimed.task_id, claimed.epoch, claimed.status)
+        for task_id in ids:
+            writer.put(task_id, "Dequeued", f"{task_id}-d")
+        await asyncio.sleep(0)  # the first batch leaves
+        for task_id in ids:
+            writer.put(task_id, "Running", f"{task_id}-r")
+        await writer.flush()
+        assert writer.batches == 2 and writer.written == 100
+        assert writer.ownership("t7") == (1, "Running")
+        assert await status_of(a, "t7") == ("Running", b"t7-r")
+
+
+async def test_a_release_gives_the_task_up(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a", "b") as [a, b]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        writer = make_writer(a)
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Running", "r")
+        writer.put("t1", "Retrying", "retry", RELEASE)
+        await writer.flush()
+        assert writer.ownership("t1") is None
+        [again] = await b.fetch("f", 1)
+        assert (again.status, again.epoch) == ("Retrying", claimed.epoch + 2)
+
+
+async def test_memory_stays_flat_however_many_transitions(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1", "t2")
+        writer = make_writer(a)
+        for claimed in await a.fetch("f", 2):
+            writer.own(claimed.task_id, claimed.epoch, claimed.status)
+        for i in range(10_000):
+            writer.put(f"t{1 + i % 2}", "Dequeued", f"v{i}")
+        assert writer.pending == 2
+        await writer.flush()
+        assert await status_of(a, "t2") == ("Dequeued", b"v9999")
+
+
+async def test_a_fenced_write_is_reported_and_logged(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_nodes(redis_url, "a", "b") as [a, b]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        refused: list[Refusal] = []
+        writer = make_writer(a, refused)
+        writer.own("t1", claimed.epoch, claimed.status)
+        await a.nodes.leave()
+        [reclaimed] = (await b.reclaimer.reclaim("a")).claimed
+        with caplog.at_level(logging.WARNING, "stint"):
+            writer.put("t1", "Succeeded", "late", ACK | FINAL)
+            await writer.flush()
+        assert refused == [("t1", "Succeeded", WriteCode.FENCED, f"b {reclaimed.epoch}")]
+        assert writer.fenced == 1 and writer.ownership("t1") is None
+        assert "its late write (Succeeded) was refused" in caplog.text
+        assert (await status_of(a, "t1"))[0] == "Enqueued"
+
+
+async def test_a_conflict_reports_the_current_status_and_the_next_put_starts_from_it(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a", "b") as [a, b]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        refused: list[Refusal] = []
+        writer = make_writer(a, refused)
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Running", "running")
+        await writer.flush()
+        # another node asks for a stop: the record is Stopping now
+        assert (await b.move(("t1", claimed.epoch, "Running"), "Stopping", NOTIFY, owner="a")).ok
+        writer.put("t1", "Succeeded", "raced", ACK | FINAL)
+        await writer.flush()
+        assert refused == [("t1", "Succeeded", WriteCode.CONFLICT, "Stopping")]
+        assert writer.ownership("t1") == (claimed.epoch, "Stopping")
+        writer.put("t1", "Stopped", "stopped", ACK | FINAL)
+        await writer.flush()
+        assert await status_of(a, "t1") == ("Stopped", b"stopped")
+        assert writer.conflicts == 1
+
+
+async def test_a_missing_record_is_reported(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        refused: list[Refusal] = []
+        writer = make_writer(a, refused)
+        writer.own("ghost", 1, "Running")
+        writer.put("ghost", "Succeeded", "x")
+        await writer.flush()
+        assert refused == [("ghost", "Succeeded", WriteCode.MISSING, "")]
+        assert writer.missing == 1
+
+
+async def test_a_put_for_a_task_not_held_is_logged_and_dropped(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        writer = make_writer(a)
+        with caplog.at_level(logging.ERROR, "stint"):
+            writer.put("stranger", "Running", "x")
+            await writer.flush()
+        assert "does not hold" in caplog.text and writer.written == 0
+
+
+async def test_a_write_whose_reply_was_lost_is_resent_and_recognised(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        real = a.records.transition
+        calls: list[list[Transition]] = []
+
+        async def applied_then_lost(items: Any, *, node: str) -> list[WriteResult]:
+            calls.append(list(items))
+            results = await real(items, node=node)
+            if len(calls) == 1:
+                raise StoreUnavailableError("connection broke after the script ran")
+            return results
+
+        a.records.transition = applied_then_lost  # type: ignore[method-assign]
+        writer = make_writer(a)
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Retrying", "retry", RELEASE)  # not repeatable without the token
+        await writer.flush()
+        assert len(calls) == 2 and calls[0] == calls[1]  # the same write, same token
+        assert writer.resends == 1 and writer.written == 1
+        assert await status_of(a, "t1") == ("Retrying", b"retry")
+
+
+async def test_forget_all_drops_everything(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        writer = make_writer(a)
+        writer.own("t1", 1, "Running")
+        writer.own("t2", 1, "Running")
+        writer.put("t1", "Succeeded", "x")
+        assert writer.forget_all() == 2
+        assert writer.pending == 0 and writer.owned == 0
+        await writer.flush()
+        writer.own("t3", 1, "Running")
+        writer.forget("t3")
+        assert writer.owned == 0
+
+
+async def test_invokes_of_one_burst_share_round_trips(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        batcher = InvokeBatcher(a.records)
+        futures = [batcher.add(NewTask(f"t{i}", "f", float(i), b"x")) for i in range(1000)]
+        futures.append(batcher.add(NewTask("t1", "f", 0.0, b"dup")))
+        futures.append(batcher.add(NewTask("u", "unknown", 0.0, b"x")))
+        codes = await asyncio.gather(*futures)
+        assert codes[:1000] == [InvokeCode.STORED] * 1000
+        assert codes[1000:] == [InvokeCode.EXISTS, InvokeCode.NO_FUNCTION]
+        assert batcher.batches == 1
+        await batcher.close()
+
+
+async def test_cancelling_the_batcher_fails_its_callers_rather_than_leaving_them(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        batcher = InvokeBatcher(a.records)
+        first = batcher.add(NewTask("t1", "f", 1.0, b"x"))
+        assert batcher._task is not None
+        batcher._task.cancel()
+        with pytest.raises(StoreError, match="not stored"):
+            await first
+
+
+async def test_close_waits_for_the_batch_under_way(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        batcher = InvokeBatcher(a.records)
+        future = batcher.add(NewTask("t1", "f", 1.0, b"x"))
+        await batcher.close()
+        assert future.done() and future.result() is InvokeCode.STORED
+        assert batcher._task is None
