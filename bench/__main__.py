@@ -24,7 +24,7 @@ from rich.table import Table
 
 from runtime.loop import run
 
-from . import probes
+from . import http, probes
 from .variants import VARIANTS, Variant
 
 KINDS = ("async", "thread", "process")
@@ -116,9 +116,16 @@ def throughput_table(results: list[dict[str, Any]], n: int, repeat: int) -> Tabl
 
 def run_probes(quick: bool, console: Console) -> dict[str, Any]:
     sizes = (
-        {"latency": 300, "stop": 5, "cold": 3, "memory": 2_000, "sweep": 1_000}
+        {"latency": 300, "stop": 5, "cold": 3, "memory": 2_000, "sweep": 1_000, "http": 200}
         if quick
-        else {"latency": 20_000, "stop": 100, "cold": 30, "memory": 100_000, "sweep": 50_000}
+        else {
+            "latency": 20_000,
+            "stop": 100,
+            "cold": 30,
+            "memory": 100_000,
+            "sweep": 50_000,
+            "http": 5_000,
+        }
     )
     levels = [1, 10] if quick else [1, 10, 100, 1000]
     with console.status("latency, stop, cold start, memory, concurrency sweep"):
@@ -134,6 +141,8 @@ def run_probes(quick: bool, console: Console) -> dict[str, Any]:
             },
             "memory": run(probes.memory_per_record(sizes["memory"])),
             "concurrency_sweep": run(probes.concurrency_sweep(sizes["sweep"], levels)),
+            "http_round_trip_seconds": run(http.invoke_latency(sizes["http"])),
+            "http_server_cpu": run(http.server_cpu_per_invoke(sizes["http"] * 4)),
         }
     table = Table(title="latency and footprint")
     for column in ("probe", "p50", "p99", "p99.9", "samples"):
@@ -141,12 +150,19 @@ def run_probes(quick: bool, console: Console) -> dict[str, Any]:
     rows = [("round_trip_seconds", "invoke -> Succeeded, no load (async)")]
     rows += [(f"stop_seconds_{k}", f"stop of a Running task ({k})") for k in KINDS]
     rows += [(f"cold_start_seconds_{k}", f"instance cold start ({k})") for k in KINDS]
+    rows += [("http_round_trip_seconds", "HTTP invoke -> Succeeded (SSE), 50 clients")]
     for key, label in rows:
         p = found[key]
         table.add_row(
             label, *(f"{p[q] * 1e6:,.1f} µs" for q in ("p50", "p99", "p99.9")), str(p["n"])
         )
     console.print(table)
+    cpu = found["http_server_cpu"]
+    console.print(
+        f"stint serve: {cpu['cpu_seconds_per_invoke'] * 1e6:,.0f} µs of the node's CPU per "
+        f"HTTP invoke (one core: {1 / cpu['cpu_seconds_per_invoke']:,.0f} invokes/s); "
+        f"{cpu['invokes_per_s']:,.0f} invokes/s measured alongside"
+    )
     memory = found["memory"]
     console.print(
         f"memory per retained terminal record: {memory['bytes_per_record']:,.0f} bytes "

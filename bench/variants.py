@@ -22,6 +22,7 @@ import pykka
 from runtime import Runtime, TaskState
 
 from .handlers import blocking_noop
+from .http import stint_http
 
 WINDOW = 1_000  # tasks in flight at most, for the variants that window their work
 
@@ -236,4 +237,5 @@ VARIANTS = [
     Variant(
         "process-executor", process_executor, "uvloop", "ProcessPoolExecutor, 2 processes", 0.05
     ),
+    Variant("stint-http", stint_http, "uvloop", "HTTP invoke -> 202, stint serve, 50 clients", 0.1),
 ]
