@@ -146,7 +146,8 @@ async def test_stop_while_enqueued(make_runtime: RuntimeFactory, kind: str) -> N
 
 async def test_stop_while_running_restarts(make_runtime: RuntimeFactory, kind: str) -> None:
     rt = await make(make_runtime)
-    rt.register("fn", handler(kind, "block"), kind=kind, **hooks())
+    # freeze_after: the fresh instance must not freeze (PreFreeze) before the log is read
+    rt.register("fn", handler(kind, "block"), kind=kind, freeze_after=3600, **hooks())
     task_id = await rt.invoke("fn")
     await until_status(rt, task_id, S.RUNNING, timeout=20)
     await eventually(lambda: any(line.startswith("run") for line in kh.read_log()), timeout=20)
@@ -219,7 +220,7 @@ async def test_freeze_is_a_real_sigstop(make_runtime: RuntimeFactory, clock: Man
     assert process_state(pid) != "T"
     clock.advance(5)
     await instance_state(rt, "fn", "fn-1", InstanceState.FROZEN)
-    assert process_state(pid) == "T"  # stopped by SIGSTOP
+    await eventually(lambda: process_state(pid) == "T")  # stopped once it takes the SIGSTOP
     assert (await rt.wait(await rt.invoke("fn"), timeout=20)).result == pid  # SIGCONT, same worker
     assert process_state(pid) != "T"
 
