@@ -5,8 +5,9 @@ pair made for it; the worker's stdout and stderr are forwarded to the ``stint.wo
 logger, line by line, labelled with the instance id. Freeze is a real SIGSTOP
 (after PreFreeze) and thaw a SIGCONT; stop, timeout and idle destruction run
 PreStop and then end the process (SIGKILL if it does not exit). A worker that
-dies on its own fails the attempts it was running (``InstanceCrashedError``,
-retried by the normal rules) and the pool replaces it on demand.
+dies on its own, or breaks the protocol, fails the attempts it was running
+(``InstanceCrashedError``, retried by the normal rules) and the pool replaces it
+on demand.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .async_kind import interruption_error
 from .base import Attempt, HookCallback, Instance, Slot
 
 worker_log = logging.getLogger("stint.worker")
+logger = logging.getLogger("stint")
 _EXIT_GRACE = 1.0  # seconds a worker gets to exit after PreStop before SIGKILL
 
 
@@ -95,20 +97,13 @@ class ProcessInstance(Instance):
             self.background.start(self._forward(stream, name), f"stint-{name}-{self.instance_id}")
         self._loaded = asyncio.get_running_loop().create_future()
         self.background.start(self._read(reader), f"stint-frames-{self.instance_id}")
-        self._send(frames.LOAD, self._load_spec())
+        self._send(frames.LOAD, *self._load_fields())
         return await self._loaded
 
-    def _load_spec(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.instance_id,
-            "function": self.spec.name,
-            "handler": self.spec.paths["handler"],
-            "hooks": {
-                "initializer": self.spec.paths.get("initializer"),
-                "pre_freeze": self.spec.paths.get("pre_freeze"),
-                "pre_stop": self.spec.paths.get("pre_stop"),
-            },
-        }
+    def _load_fields(self) -> tuple[str | None, ...]:
+        paths = self.spec.paths
+        hooks = (paths.get(name) for name in frames.HOOKS)
+        return (self.instance_id, self.spec.name, paths["handler"], *hooks)
 
     async def _forward(self, stream: asyncio.StreamReader, name: str) -> None:
         while line := await stream.readline():
@@ -122,40 +117,47 @@ class ProcessInstance(Instance):
             self._writer.write(frames.encode(kind, *fields))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Act on the worker's frames until it goes; however that happens, end in ``_lost``."""
         reason = "the worker process exited"
         protocol = False
         try:
             while True:
-                kind, fields = await frames.read(reader)
+                kind, fields = await frames.read(reader, frames.FROM_WORKER)
                 self._on_frame(kind, fields)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except (frames.ProtocolError, ValueError, TypeError, IndexError) as exc:
-            reason, protocol = f"the worker broke the protocol: {exc}", True
+        except frames.ProtocolError as exc:
+            reason, protocol = _broke_protocol(exc), True
+        except asyncio.CancelledError:  # the runtime is closing: what ran is lost, not failed
+            self._end_now()
+            raise
+        except Exception as exc:  # a bug in stint: still, never leave a worker half-read
+            logger.exception("reading the frames of instance %s failed", self.instance_id)
+            reason = f"the runtime could not read the worker's frames ({exc!r})"
         if not protocol and not self._ending and self._process is not None:
             with contextlib.suppress(TimeoutError):  # its exit code makes a better reason
                 await asyncio.wait_for(self._process.wait(), 1.0)
         self._lost(reason, protocol)
 
     def _on_frame(self, kind: str, fields: tuple[Any, ...]) -> None:
-        if kind == frames.LOADED:
-            self._resolve_load(None)
-        elif kind == frames.LOAD_FAILED:
-            self._resolve_load(ErrorInfo(*fields[0]))
+        """One frame from the worker, already checked against ``frames.SCHEMA``."""
+        if kind == frames.RESULT:
+            self._finished(fields[0], AttemptFinished(0, result=fields[1]))
+        elif kind == frames.ERROR:
+            attempt_id, error, retryable = fields
+            outcome = AttemptFinished(0, error=ErrorInfo(*error), retryable=retryable)
+            self._finished(attempt_id, outcome)
         elif kind == frames.HOOK_DONE:
             name, error, seconds = fields
             done = self._hooks.pop(name, None)
             if done is not None:
-                done(None if error is None else ErrorInfo(*error), float(seconds))
-        elif kind == frames.RESULT:
-            self._finished(fields[0], AttemptFinished(0, result=bytes(fields[1])))
-        elif kind == frames.ERROR:
-            attempt_id, error, retryable = fields
-            self._finished(
-                attempt_id, AttemptFinished(0, error=ErrorInfo(*error), retryable=bool(retryable))
-            )
-        else:
-            raise frames.ProtocolError(f"a worker does not send {kind!r} frames")
+                done(None if error is None else ErrorInfo(*error), seconds)
+        elif kind == frames.LOADED:
+            if fields[0] != self.pid:
+                raise frames.ProtocolError(f"a 'loaded' frame says pid {fields[0]}, not {self.pid}")
+            self._resolve_load(None)
+        else:  # LOAD_FAILED: read() lets nothing else through
+            self._resolve_load(ErrorInfo(*fields[0]))
 
     def _resolve_load(self, error: ErrorInfo | None) -> None:
         if self._loaded is not None and not self._loaded.done():
@@ -187,6 +189,7 @@ class ProcessInstance(Instance):
         self._hooks.clear()
         if self.state is not InstanceState.STARTING:
             self.pool.tell(InstanceCrashed(self, detail, protocol))
+        self.background.start(self._reap(), name=f"stint-reap-{self.instance_id}")
 
     # what the pool asks -----------------------------------------------------------
 
@@ -253,7 +256,12 @@ class ProcessInstance(Instance):
             pass
         finally:  # also when close() cancels us: never leave the process running
             self._end_now()
-        await process.wait()
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """Wait for the killed worker (so close() leaves no process or transport behind)."""
+        if self._process is not None:
+            await self._process.wait()
 
     def _end_now(self) -> None:
         process = self._process
@@ -271,3 +279,11 @@ class ProcessInstance(Instance):
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signum)
+
+
+def _broke_protocol(exc: frames.ProtocolError) -> str:
+    return (
+        f"the worker broke the protocol ({exc}), so it was killed; the attempts it ran fail "
+        "and are retried on a fresh worker. Handler code must not write to the worker's "
+        "frame socket (STINT_WORKER_FD); if yours does not, this is a bug in stint: report it"
+    )

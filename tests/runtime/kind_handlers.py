@@ -153,3 +153,17 @@ def oversized_frame(event: Any, ctx: Any) -> None:
     if ctx.attempt == 1:
         os.write(int(os.environ["STINT_WORKER_FD"]), b"\xff\xff\xff\xff")
         time.sleep(5)
+
+
+def send_frame(event: Any, ctx: Any) -> str:
+    """On attempt 1, write ``event`` (raw bytes) to the worker's frame socket and wait to be
+    killed for it; later attempts behave."""
+    if ctx.attempt == 1:
+        os.write(int(os.environ["STINT_WORKER_FD"]), event)
+        time.sleep(5)
+    return "ok"
+
+
+def frame_initializer(instance: Any) -> None:
+    """Writes the raw bytes of the file ``frame`` (in STINT_TEST_DIR) to the frame socket."""
+    os.write(int(os.environ["STINT_WORKER_FD"]), (_dir() / "frame").read_bytes())
