@@ -1,4 +1,10 @@
-"""The worker process of a ``kind="process"`` instance: ``python -m runtime.worker FD``.
+"""The worker process of a ``kind="process"`` instance.
+
+The runtime starts it with :func:`command` and :func:`environment`: the
+interpreter runs :data:`BOOTSTRAP`, which ignores SIGINT (the runtime closes its
+workers; Ctrl-C is the runtime's business), sets ``sys.path`` to the runtime's
+own, resolved (never the working directory, which ``-P`` keeps off it), and only
+then imports stint and calls :func:`main`.
 
 It speaks frames (``runtime.frames``) on the socket FD it inherits — never on
 stdout or stderr, which user code may print to and the parent forwards to its
@@ -14,7 +20,9 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -26,7 +34,34 @@ from . import codec, frames
 from .context import InstanceContext, TaskContext
 from .errors import NonRetryableError
 
+PATH_ENV = "STINT_WORKER_SYS_PATH"
 PROTOCOL_EXIT = 2  # the exit code of a worker that read something that is not a frame
+
+#: What the worker's interpreter runs first (``python -P -c BOOTSTRAP FD``).
+BOOTSTRAP = (
+    "import signal; signal.signal(signal.SIGINT, lambda signum, frame: None)\n"
+    "import json, os, sys\n"
+    f"sys.path[:] = json.loads(os.environ.pop({PATH_ENV!r}))\n"
+    "from runtime.worker import main\n"
+    "main()\n"
+)
+
+
+def command(fd: int) -> list[str]:
+    """The argv of a worker that speaks frames on the socket ``fd``."""
+    # -P: neither the working directory nor a script's directory goes first on sys.path
+    return [sys.executable, "-P", "-c", BOOTSTRAP, str(fd)]
+
+
+def environment() -> dict[str, str]:
+    """A worker's environment: this process's, its resolved sys.path, unbuffered output."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", PATH_ENV: json.dumps(import_path())}
+
+
+def import_path() -> list[str]:
+    """This process's ``sys.path`` with every entry made absolute (``''`` is the current
+    directory, as it is for imports here): a worker imports what this process would."""
+    return [os.path.abspath(entry) for entry in sys.path if isinstance(entry, str)]
 
 
 def resolve(path: str) -> Callable[..., Any]:
@@ -34,7 +69,15 @@ def resolve(path: str) -> Callable[..., Any]:
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ImportError(f"{path!r} is not an import path of the form 'package.module:function'")
-    target: Any = importlib.import_module(module_name)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"{exc}, importing {path!r}; the worker searched the runtime's sys.path "
+            f"{sys.path}: put the module in one of these directories, or add its directory to "
+            "sys.path in the process that runs the runtime",
+            name=exc.name,
+        ) from exc
     for part in attribute.split("."):
         target = getattr(target, part)
     if not callable(target):
@@ -188,15 +231,24 @@ async def serve(fd: int) -> int:
             return PROTOCOL_EXIT
 
 
+def _end_group() -> None:
+    """SIGTERM the processes the handler started (our process group, which we lead): the
+    runtime kills the group as well, this covers a runtime that died first."""
+    if os.getpgid(0) != os.getpid():
+        return  # not started by stint in a session of our own: the group is not ours
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGTERM)
+
+
 def main() -> None:
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m runtime.worker FD  (started by stint, not by hand)")
-    code = asyncio.run(serve(int(sys.argv[1])))
+        sys.exit("usage: started by stint as a kind='process' worker, not by hand")
+    # Not asyncio.run: its shutdown waits for every handler thread, and one that ignores
+    # its stop flag would keep the worker (and the processes it started) alive.
+    code = asyncio.new_event_loop().run_until_complete(serve(int(sys.argv[1])))
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code)  # do not wait for handler threads that ignore their stop flag
-
-
-if __name__ == "__main__":
-    main()
+    _end_group()
+    os._exit(code)  # nor wait for them at interpreter exit

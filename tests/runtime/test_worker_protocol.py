@@ -7,7 +7,6 @@ import contextlib
 import pathlib
 import socket
 import struct
-import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -213,14 +212,13 @@ async def worker_process() -> AsyncIterator[
     """A worker started as the runtime starts one, with the test on the other end."""
     ours, theirs = socket.socketpair()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runtime.worker",
-        str(theirs.fileno()),
+        *worker.command(theirs.fileno()),
         pass_fds=(theirs.fileno(),),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env=worker.environment(),
+        start_new_session=True,
     )
     theirs.close()
     reader, writer = await asyncio.open_connection(sock=ours)
@@ -260,7 +258,7 @@ async def test_the_worker_exits_on_a_protocol_error(frame: bytes) -> None:
         assert b"Traceback" not in stderr
 
 
-async def test_the_worker_serves_a_task() -> None:
+async def test_the_worker_serves_a_task_and_reports_import_paths() -> None:
     async with worker_process() as (process, reader, writer):
         writer.write(LOAD + frames.encode(frames.RUN, 1, msgpack.packb([1]), "t1", "fn", 1, 1e12))
         async with asyncio.timeout(10):
@@ -268,6 +266,13 @@ async def test_the_worker_serves_a_task() -> None:
             kind, (attempt_id, result) = await frames.read(reader, frames.FROM_WORKER)
         assert (kind, attempt_id) == (frames.RESULT, 1)
         assert msgpack.unpackb(result)["echo"] == [1]
+    async with worker_process() as (_, reader, writer):
+        writer.write(frames.encode(frames.LOAD, "fn-1", "fn", "no_such_module:f", None, None, None))
+        async with asyncio.timeout(10):
+            kind, ((kind_name, message, _),) = await frames.read(reader, frames.FROM_WORKER)
+    assert (kind, kind_name) == (frames.LOAD_FAILED, "ModuleNotFoundError")
+    assert "No module named 'no_such_module'" in message
+    assert "searched the runtime's sys.path" in message and str(pathlib.Path.cwd()) in message
 
 
 # --- the runtime refuses what a worker must never send ---------------------------------------
