@@ -162,12 +162,20 @@ def validate(kind: str, fields: tuple[Any, ...]) -> None:
     schema = SCHEMA[kind]
     if len(fields) != len(schema):
         raise ProtocolError(f"a {kind!r} frame has {len(fields)} fields, not {len(schema)}")
+    for field, value in zip(schema, fields):  # noqa: B905 - the hot path; lengths checked
+        if not field.check(value):
+            raise _complaint(kind, schema, fields)
+
+
+def _complaint(kind: str, schema: tuple[Field, ...], fields: tuple[Any, ...]) -> ProtocolError:
+    """The error for the first field of ``fields`` that breaks ``schema``."""
     for index, (field, value) in enumerate(zip(schema, fields, strict=True)):
         if not field.check(value):
-            raise ProtocolError(
+            return ProtocolError(
                 f"field {index} ({field.name}) of a {kind!r} frame must be {field.rule}, "
                 f"got {_describe(value)}"
             )
+    raise AssertionError("called for fields that break the schema")
 
 
 def _describe(value: Any) -> str:
