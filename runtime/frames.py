@@ -1,23 +1,34 @@
 """The worker protocol: length-prefixed msgpack frames over a dedicated socket.
 
 A frame is a 4-byte big-endian length, then that many bytes: one msgpack array
-``[PROTOCOL, kind, *fields]``. Both ends decode with explicit limits and treat
-anything else — a bad length, bad msgpack, an unknown tag or kind — as a
-:class:`ProtocolError`, which ends that worker, never the runtime.
+``[PROTOCOL, kind, *fields]``. :data:`SCHEMA` declares every kind's fields, in
+both directions: how many, and each one's type and bound. Both ends read with
+:func:`read`, which decodes with explicit limits and checks the frame against
+the schema, so the code that acts on a frame only ever sees fields of the
+declared shape. Anything else — a bad length, bad msgpack, an unknown tag or
+kind, a frame the reader does not accept from that side, a field of the wrong
+type or out of bounds — is a :class:`ProtocolError`, which ends that worker,
+never the runtime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import msgpack
 
 from .errors import StintError
 
-PROTOCOL = "stint-worker/1"
-MAX_FRAME = 64 * 1024 * 1024  # a result bigger than this is refused by the worker itself
+PROTOCOL = "stint-worker/2"
+MAX_FRAME = 64 * 1024 * 1024  # bytes in one frame, header excluded
+MAX_VALUE = MAX_FRAME - 1024  # an encoded payload or result, with room for the frame around it
+MAX_NAME = 4096  # ids, function names, import paths (all far shorter in practice)
+MAX_TEXT = 1024 * 1024  # each string of an error (type, message, traceback); the worker clips
+MAX_ID = 2**63 - 1  # attempt ids (a per-worker counter from 1)
 _HEADER = struct.Struct(">I")
 
 # parent -> worker
@@ -30,13 +41,155 @@ LOADED, LOAD_FAILED, HOOK_DONE, RESULT, ERROR = (
     "result",
     "error",
 )
-_KINDS = {LOAD, HOOK, RUN, CANCEL, EXIT, LOADED, LOAD_FAILED, HOOK_DONE, RESULT, ERROR}
+TO_WORKER = frozenset({LOAD, HOOK, RUN, CANCEL, EXIT})
+FROM_WORKER = frozenset({LOADED, LOAD_FAILED, HOOK_DONE, RESULT, ERROR})
+HOOKS = ("initializer", "pre_freeze", "pre_stop")
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
 class ProtocolError(StintError):
-    """A worker sent bytes that are not a valid frame; the worker is killed and replaced."""
+    """Bytes on the worker socket that are not a valid frame: the worker is killed and replaced."""
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+
+class Field(NamedTuple):
+    """One field of a frame: its name, a test of its value, and the rule in words."""
+
+    name: str
+    check: Callable[[Any], bool]
+    rule: str
+
+
+def _int(name: str, low: int, high: int) -> Field:
+    return Field(name, lambda v: type(v) is int and low <= v <= high, f"an int in [{low}, {high}]")
+
+
+def _str(name: str, limit: int) -> Field:
+    return Field(name, lambda v: type(v) is str and len(v) <= limit, f"a str of <= {limit} chars")
+
+
+def _bytes(name: str, limit: int) -> Field:
+    return Field(
+        name, lambda v: type(v) is bytes and len(v) <= limit, f"bytes of length <= {limit}"
+    )
+
+
+def _optional(field: Field) -> Field:
+    check = field.check
+    return Field(field.name, lambda v: v is None or check(v), f"None or {field.rule}")
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Field:
+    return Field(name, lambda v: type(v) is str and v in choices, f"one of {choices}")
+
+
+def _is_error_info(value: Any) -> bool:
+    return (
+        type(value) is tuple
+        and len(value) == 3
+        and all(type(s) is str and len(s) <= MAX_TEXT for s in value)
+    )
+
+
+def is_value(data: Any) -> bool:
+    """Bytes that decode as one msgpack value by the codec's rules (no ext types, hashable
+    map keys): what a record's ``result`` will decode later, checked once here."""
+    if type(data) is not bytes or len(data) > MAX_VALUE:
+        return False
+    try:
+        msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=len(data),
+            max_bin_len=len(data),
+            max_array_len=len(data),
+            max_map_len=len(data),
+            max_ext_len=0,
+            ext_hook=_refuse_ext,
+        )
+    except Exception:  # any failure of the decoder means: not a valid value
+        return False
+    return True
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"ext type {code} is not a msgpack value stint accepts")
+
+
+_ERROR = Field("error", _is_error_info, f"a (type, message, traceback) tuple of str <= {MAX_TEXT}")
+_ATTEMPT_ID = _int("attempt_id", 1, MAX_ID)
+_PATH = _str("import path", MAX_NAME)
+
+#: Every frame kind's fields, in order. Both ends check what they read against it.
+SCHEMA: dict[str, tuple[Field, ...]] = {
+    LOAD: (
+        _str("instance_id", MAX_NAME),
+        _str("function", MAX_NAME),
+        _PATH._replace(name="handler"),
+        _optional(_PATH._replace(name="initializer")),
+        _optional(_PATH._replace(name="pre_freeze")),
+        _optional(_PATH._replace(name="pre_stop")),
+    ),
+    HOOK: (_one_of("hook", HOOKS),),
+    RUN: (
+        _ATTEMPT_ID,
+        _bytes("payload", MAX_VALUE),  # decoded by the worker: a bad one fails the attempt
+        _str("task_id", MAX_NAME),
+        _str("function", MAX_NAME),
+        _int("attempt", 1, 2**31 - 1),
+        Field("deadline", lambda v: type(v) is float and not math.isnan(v), "a float"),
+    ),
+    CANCEL: (_ATTEMPT_ID,),
+    EXIT: (),
+    LOADED: (_int("pid", 1, 2**31 - 1),),
+    LOAD_FAILED: (_ERROR,),
+    HOOK_DONE: (
+        _one_of("hook", HOOKS),
+        _optional(_ERROR),
+        Field("seconds", lambda v: type(v) is float and 0.0 <= v < 1e9, "a float in [0, 1e9)"),
+    ),
+    RESULT: (_ATTEMPT_ID, Field("result", is_value, f"one msgpack value of <= {MAX_VALUE} bytes")),
+    ERROR: (_ATTEMPT_ID, _ERROR, Field("retryable", lambda v: type(v) is bool, "a bool")),
+}
+
+
+def validate(kind: str, fields: tuple[Any, ...]) -> None:
+    """Check ``fields`` against the schema of ``kind``, or raise :class:`ProtocolError`."""
+    schema = SCHEMA[kind]
+    if len(fields) != len(schema):
+        raise ProtocolError(f"a {kind!r} frame has {len(fields)} fields, not {len(schema)}")
+    for field, value in zip(schema, fields):  # noqa: B905 - the hot path; lengths checked
+        if not field.check(value):
+            raise _complaint(kind, schema, fields)
+
+
+def _complaint(kind: str, schema: tuple[Field, ...], fields: tuple[Any, ...]) -> ProtocolError:
+    """The error for the first field of ``fields`` that breaks ``schema``."""
+    for index, (field, value) in enumerate(zip(schema, fields, strict=True)):
+        if not field.check(value):
+            return ProtocolError(
+                f"field {index} ({field.name}) of a {kind!r} frame must be {field.rule}, "
+                f"got {_describe(value)}"
+            )
+    raise AssertionError("called for fields that break the schema")
+
+
+def _describe(value: Any) -> str:
+    """A short description of a value for an error message (never the whole of a big one)."""
+    if isinstance(value, str | bytes):
+        text = repr(value[:40])
+        return f"{type(value).__name__} of length {len(value)}: {text}"
+    if isinstance(value, tuple | dict):
+        return f"{type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+# --- encoding and decoding -----------------------------------------------------------------
 
 
 def encode(kind: str, *fields: Any) -> bytes:
@@ -44,8 +197,9 @@ def encode(kind: str, *fields: Any) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> tuple[str, tuple[Any, ...]]:
-    """One frame's body -> (kind, fields), or :class:`ProtocolError`."""
+def decode(body: bytes, accept: frozenset[str]) -> tuple[str, tuple[Any, ...]]:
+    """One frame's body -> (kind, fields) checked against :data:`SCHEMA`, or
+    :class:`ProtocolError`. ``accept`` is the kinds this side may receive."""
     try:
         message = msgpack.unpackb(
             body,
@@ -57,23 +211,26 @@ def decode(body: bytes) -> tuple[str, tuple[Any, ...]]:
             max_array_len=len(body),
             max_map_len=len(body),
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except Exception as exc:  # whatever the decoder raises, the bytes are not a frame
         raise ProtocolError(f"a frame is not valid msgpack ({exc})") from None
-    if not isinstance(message, tuple) or len(message) < 2 or message[0] != PROTOCOL:
+    if type(message) is not tuple or len(message) < 2 or message[0] != PROTOCOL:
         raise ProtocolError(f"a frame does not start with the {PROTOCOL!r} tag")
     kind = message[1]
-    if kind not in _KINDS:
-        raise ProtocolError(f"unknown frame kind {kind!r}")
-    return kind, message[2:]
+    if type(kind) is not str or kind not in accept:
+        raise ProtocolError(f"unexpected frame kind {_describe(kind)} on this side")
+    fields = message[2:]
+    validate(kind, fields)
+    return kind, fields
 
 
 async def read(
-    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME
+    reader: asyncio.StreamReader, accept: frozenset[str], max_frame: int = MAX_FRAME
 ) -> tuple[str, tuple[Any, ...]]:
     """Read one frame; ``asyncio.IncompleteReadError`` at a clean end of stream."""
     header = await reader.readexactly(_HEADER.size)
     (size,) = _HEADER.unpack(header)
     if size > max_frame:
         raise ProtocolError(f"a frame claims {size} bytes, over the {max_frame}-byte limit")
-    return decode(await reader.readexactly(size))
+    return decode(await reader.readexactly(size), accept)

@@ -1,18 +1,28 @@
-"""The worker process of a ``kind="process"`` instance: ``python -m runtime.worker FD``.
+"""The worker process of a ``kind="process"`` instance.
+
+The runtime starts it with :func:`command` and :func:`environment`: the
+interpreter runs :data:`BOOTSTRAP`, which ignores SIGINT (the runtime closes its
+workers; Ctrl-C is the runtime's business), sets ``sys.path`` to the runtime's
+own, resolved (never the working directory, which ``-P`` keeps off it), and only
+then imports stint and calls :func:`main`.
 
 It speaks frames (``runtime.frames``) on the socket FD it inherits — never on
 stdout or stderr, which user code may print to and the parent forwards to its
-log. It imports the handler and hooks by path, runs hooks when told, and runs
-attempts: async handlers as tasks (``concurrency`` of them at once), blocking
-ones on threads, so cancellations are still read while they run.
+log — and checks every frame it reads against the protocol's schema. It imports
+the handler and hooks by path, runs hooks when told, and runs attempts: async
+handlers as tasks (``concurrency`` of them at once), blocking ones on threads,
+so cancellations are still read while they run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
+import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -24,13 +34,58 @@ from . import codec, frames
 from .context import InstanceContext, TaskContext
 from .errors import NonRetryableError
 
+PATH_ENV = "STINT_WORKER_SYS_PATH"
+PROTOCOL_EXIT = 2  # the exit code of a worker that read something that is not a frame
+
+#: What the worker's interpreter runs first (``python -P -c BOOTSTRAP FD``).
+BOOTSTRAP = (
+    "import signal; signal.signal(signal.SIGINT, lambda signum, frame: None)\n"
+    "import json, os, sys\n"
+    f"sys.path[:] = json.loads(os.environ.pop({PATH_ENV!r}))\n"
+    "from runtime.worker import main\n"
+    "main()\n"
+)
+
+
+def command(fd: int) -> list[str]:
+    """The argv of a worker that speaks frames on the socket ``fd``."""
+    # -P: neither the working directory nor a script's directory goes first on sys.path
+    return [sys.executable, "-P", "-c", BOOTSTRAP, str(fd)]
+
+
+def environment() -> dict[str, str]:
+    """A worker's environment: this process's, its resolved sys.path, unbuffered output."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", PATH_ENV: json.dumps(import_path())}
+
+
+def import_path() -> list[str]:
+    """This process's ``sys.path`` with every relative directory made absolute (``''`` is
+    the current directory, as it is for imports here): a worker imports what this process
+    would. Entries that are not directories (an editable install's path-hook marker, a
+    zip file) are kept as they are: they mean the same in the worker."""
+    return [_absolute(entry) for entry in sys.path if isinstance(entry, str)]
+
+
+def _absolute(entry: str) -> str:
+    if entry == "" or os.path.isdir(entry):
+        return os.path.abspath(entry)
+    return entry
+
 
 def resolve(path: str) -> Callable[..., Any]:
     """``"package.module:function"`` -> the function (ImportError / AttributeError if not)."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ImportError(f"{path!r} is not an import path of the form 'package.module:function'")
-    target: Any = importlib.import_module(module_name)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"{exc}, importing {path!r}; the worker searched the runtime's sys.path "
+            f"{sys.path}: put the module in one of these directories, or add its directory to "
+            "sys.path in the process that runs the runtime",
+            name=exc.name,
+        ) from exc
     for part in attribute.split("."):
         target = getattr(target, part)
     if not callable(target):
@@ -39,8 +94,23 @@ def resolve(path: str) -> Callable[..., Any]:
 
 
 def _error(exc: BaseException) -> tuple[str, str, str]:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return (type(exc).__name__, str(exc), text)
+    """``(type, message, traceback)`` of ``exc``, each clipped to what a frame may carry."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<str() of the {type(exc).__name__} failed>"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = ""
+    return (_clip(type(exc).__name__), _clip(message), _clip(text))
+
+
+def _clip(text: str) -> str:
+    if len(text) <= frames.MAX_TEXT:
+        return text
+    note = " [... clipped]"
+    return text[: frames.MAX_TEXT - len(note)] + note
 
 
 class Worker:
@@ -50,55 +120,62 @@ class Worker:
         self.hooks: dict[str, Callable[..., Any] | None] = {}
         self.instance: InstanceContext | None = None
         self.running: dict[int, tuple[asyncio.Task[None], TaskContext]] = {}
+        self.hooks_running: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
 
     def send(self, kind: str, *fields: Any) -> None:
         self.writer.write(frames.encode(kind, *fields))
 
-    async def handle(self, kind: str, fields: tuple[Any, ...]) -> bool:
-        """Act on one frame; False when told to exit."""
+    def handle(self, kind: str, fields: tuple[Any, ...]) -> bool:
+        """Act on one frame (checked against the schema already); False when told to exit."""
+        if kind == frames.EXIT:
+            return False
         if kind == frames.LOAD:
-            self.load(fields[0])
-        elif kind == frames.HOOK:
-            asyncio.get_running_loop().create_task(self.hook(fields[0]))
+            self.load(*fields)
+            return True
+        instance = self.instance
+        if instance is None:
+            raise frames.ProtocolError(f"a {kind!r} frame came before the 'load' frame")
+        loop = asyncio.get_running_loop()
+        if kind == frames.HOOK:
+            hook = loop.create_task(self.hook(fields[0], instance))
+            self.hooks_running.add(hook)
+            hook.add_done_callback(self.hooks_running.discard)
         elif kind == frames.RUN:
-            attempt_id = fields[0]
-            context = TaskContext(fields[2], fields[3], fields[4], fields[5], self._instance())
-            task = asyncio.get_running_loop().create_task(self.run(attempt_id, fields[1], context))
+            attempt_id, payload, task_id, function, number, deadline = fields
+            context = TaskContext(task_id, function, number, deadline, instance)
+            task = loop.create_task(self.run(attempt_id, payload, context))
             self.running[attempt_id] = (task, context)
         elif kind == frames.CANCEL:
             found = self.running.get(fields[0])
             if found is not None:
                 found[1].request_stop()
                 found[0].cancel()
-        elif kind == frames.EXIT:
-            return False
         return True
 
-    def _instance(self) -> InstanceContext:
-        assert self.instance is not None, "load comes first"
-        return self.instance
-
-    def load(self, spec: dict[str, Any]) -> None:
+    def load(self, instance_id: str, function: str, handler: str, *hooks: str | None) -> None:
+        if self.instance is not None:
+            raise frames.ProtocolError("a second 'load' frame")
+        self.instance = InstanceContext(instance_id, function, "process")
         try:
-            self.instance = InstanceContext(spec["instance_id"], spec["function"], "process")
-            self.handler = resolve(spec["handler"])
+            self.handler = resolve(handler)
             self.hooks = {
-                name: resolve(path) if path else None for name, path in spec["hooks"].items()
+                name: resolve(path) if path else None
+                for name, path in zip(frames.HOOKS, hooks, strict=True)
             }
         except BaseException as exc:
             self.send(frames.LOAD_FAILED, _error(exc))
             return
         self.send(frames.LOADED, os.getpid())
 
-    async def hook(self, name: str) -> None:
+    async def hook(self, name: str, instance: InstanceContext) -> None:
         hook = self.hooks.get(name)
         started = time.perf_counter()
         error = None
         try:
             if hook is not None and inspect.iscoroutinefunction(hook):
-                await hook(self._instance())
+                await hook(instance)
             elif hook is not None:
-                await asyncio.to_thread(hook, self._instance())
+                await asyncio.to_thread(hook, instance)
         except BaseException as exc:
             error = _error(exc)
         self.send(frames.HOOK_DONE, name, error, time.perf_counter() - started)
@@ -112,9 +189,7 @@ class Worker:
                 value = await handler(event, context)
             else:
                 value = await asyncio.to_thread(handler, event, context)
-            data = codec.encode(value)
-            if len(data) > frames.MAX_FRAME - 1024:
-                raise ValueError(f"the result is {len(data)} bytes, over the worker frame limit")
+            data = _result_bytes(value)
         except asyncio.CancelledError:
             return  # the parent already counted this attempt as interrupted
         except BaseException as exc:
@@ -126,27 +201,62 @@ class Worker:
             self.running.pop(attempt_id, None)
 
 
-async def serve(fd: int) -> None:
+def _result_bytes(value: Any) -> bytes:
+    """The handler's return value as the RESULT frame carries it (the parent checks it the
+    same way: a result it would refuse fails the attempt here instead)."""
+    data = codec.encode(value)
+    if len(data) > frames.MAX_VALUE:
+        raise ValueError(
+            f"the result is {len(data)} bytes encoded, over the {frames.MAX_VALUE}-byte limit "
+            "of a worker frame; return a reference (a path, a key) to the data instead"
+        )
+    if not frames.is_value(data):
+        raise TypeError(
+            "the result cannot be read back as a msgpack value (a map key that is a list, a "
+            "tuple or a map?); return only None, bool, int, float, str, bytes, list and dict "
+            "values, with hashable map keys"
+        )
+    return data
+
+
+async def serve(fd: int) -> int:
+    """Serve the runtime on socket ``fd`` until told to exit or the runtime goes away;
+    returns the exit code."""
     os.environ["STINT_WORKER_FD"] = str(fd)  # for tests that must corrupt it on purpose
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     worker = Worker(writer)
     while True:
         try:
-            kind, fields = await frames.read(reader)
+            kind, fields = await frames.read(reader, frames.TO_WORKER)
+            if not worker.handle(kind, fields):
+                return 0
+            await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
-            return  # the runtime went away: so do we
-        if not await worker.handle(kind, fields):
-            return
-        await writer.drain()
+            return 0  # the runtime went away: so do we
+        except frames.ProtocolError as exc:
+            print(f"stint worker: the runtime broke the protocol: {exc}", file=sys.stderr)
+            return PROTOCOL_EXIT
+
+
+def _end_group() -> None:
+    """SIGTERM the processes the handler started (our process group, which we lead): the
+    runtime kills the group as well, this covers a runtime that died first."""
+    if os.getpgid(0) != os.getpid():
+        return  # not started by stint in a session of our own: the group is not ours
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGTERM)
 
 
 def main() -> None:
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m runtime.worker FD  (started by stint, not by hand)")
-    asyncio.run(serve(int(sys.argv[1])))
-    os._exit(0)  # do not wait for handler threads that ignore their stop flag
-
-
-if __name__ == "__main__":
-    main()
+        sys.exit("usage: started by stint as a kind='process' worker, not by hand")
+    # Not asyncio.run: its shutdown waits for every handler thread, and one that ignores
+    # its stop flag would keep the worker (and the processes it started) alive.
+    code = asyncio.new_event_loop().run_until_complete(serve(int(sys.argv[1])))
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    _end_group()
+    os._exit(code)  # nor wait for them at interpreter exit

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import subprocess
 import sys
 import time
 from typing import Any
@@ -100,6 +101,12 @@ async def fail_first_async(event: Any, ctx: Any) -> int:
     return fail_first(event, ctx)
 
 
+def where_is_inspect(event: Any, ctx: Any) -> str:
+    import inspect
+
+    return str(inspect.__file__)
+
+
 def whoami(event: Any, ctx: Any) -> int:
     return os.getpid()
 
@@ -173,3 +180,34 @@ def stubborn(event: Any, ctx: Any) -> str:
     while time.monotonic() < deadline and not _released():
         time.sleep(0.005)
     return "late"
+
+
+def send_frame(event: Any, ctx: Any) -> str:
+    """On attempt 1, write ``event`` (raw bytes) to the worker's frame socket and wait to be
+    killed for it; later attempts behave."""
+    if ctx.attempt == 1:
+        os.write(int(os.environ["STINT_WORKER_FD"]), event)
+        time.sleep(5)
+    return "ok"
+
+
+def frame_initializer(instance: Any) -> None:
+    """Writes the raw bytes of the file ``frame`` (in STINT_TEST_DIR) to the frame socket."""
+    os.write(int(os.environ["STINT_WORKER_FD"]), (_dir() / "frame").read_bytes())
+
+
+_children: list[subprocess.Popen[bytes]] = []  # held, so no ResourceWarning in the worker
+
+
+def spawn_child(event: Any, ctx: Any) -> str:
+    """Starts a ``sleep 60`` child (its pid goes to the log); then blocks if asked to."""
+    child = subprocess.Popen(["sleep", "60"])
+    _children.append(child)
+    log(f"child {child.pid} of {os.getpid()}")
+    return block(event, ctx) if event == "block" else "spawned"
+
+
+def long_line(event: Any, ctx: Any) -> str:
+    sys.stdout.write("x" * event + "\n")  # one line, far over any reader's line limit
+    print(f"after the long line of {ctx.task_id}")
+    return "done"

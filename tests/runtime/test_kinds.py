@@ -6,11 +6,14 @@ import asyncio
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+import runtime
 from runtime import ConfigError, InstanceState, ManualClock, Runtime, TaskState
 from tests.conftest import RuntimeFactory
 
@@ -146,7 +149,8 @@ async def test_stop_while_enqueued(make_runtime: RuntimeFactory, kind: str) -> N
 
 async def test_stop_while_running_restarts(make_runtime: RuntimeFactory, kind: str) -> None:
     rt = await make(make_runtime)
-    rt.register("fn", handler(kind, "block"), kind=kind, **hooks())
+    # freeze_after: the fresh instance must not freeze (PreFreeze) before the log is read
+    rt.register("fn", handler(kind, "block"), kind=kind, freeze_after=3600, **hooks())
     task_id = await rt.invoke("fn")
     await until_status(rt, task_id, S.RUNNING, timeout=20)
     await eventually(lambda: any(line.startswith("run") for line in kh.read_log()), timeout=20)
@@ -219,7 +223,7 @@ async def test_freeze_is_a_real_sigstop(make_runtime: RuntimeFactory, clock: Man
     assert process_state(pid) != "T"
     clock.advance(5)
     await instance_state(rt, "fn", "fn-1", InstanceState.FROZEN)
-    assert process_state(pid) == "T"  # stopped by SIGSTOP
+    await eventually(lambda: process_state(pid) == "T")  # stopped once it takes the SIGSTOP
     assert (await rt.wait(await rt.invoke("fn"), timeout=20)).result == pid  # SIGCONT, same worker
     assert process_state(pid) != "T"
 
@@ -301,6 +305,166 @@ async def test_no_worker_is_left_after_close() -> None:
         pids = {(await rt.wait(await rt.invoke("fn"), timeout=20)).result for _ in range(3)}
     assert pids and not set(children(os.getpid())) & pids
     assert not [p for p in children(os.getpid()) if process_state(p) == "Z"]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for whoever adopted it counts as gone)."""
+    try:
+        return process_state(pid) != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def spawned() -> list[tuple[int, int]]:
+    """(child pid, worker pid) of each ``sleep`` child ``kh.spawn_child`` started."""
+    lines = [line.split() for line in kh.read_log() if line.startswith("child ")]
+    return [(int(words[1]), int(words[3])) for words in lines]
+
+
+@pytest.mark.parametrize("how", ["stop", "crash"])
+async def test_a_worker_takes_the_processes_its_handler_started(
+    make_runtime: RuntimeFactory, how: str
+) -> None:
+    rt = await make(make_runtime)
+    rt.register("fn", kh.spawn_child, kind="process", max_retries=0)
+    task_id = await rt.invoke("fn", "block")
+    await eventually(lambda: len(spawned()) == 1, timeout=20)
+    ((child, worker),) = spawned()
+    assert alive(child)
+    assert os.getsid(worker) == os.getpgid(worker) == os.getpgid(child) == worker  # its session
+    if how == "stop":
+        assert (await rt.stop(task_id)).status is S.STOPPED
+    else:
+        os.kill(worker, signal.SIGKILL)
+        assert (await rt.wait(task_id, timeout=20)).status is S.FAILED
+    await eventually(lambda: not alive(child), timeout=10)
+
+
+ORPHAN_SCRIPT = """
+import asyncio
+from runtime import Runtime
+from tests.runtime import kind_handlers as kh
+
+async def main():
+    rt = Runtime()
+    rt.register("fn", kh.spawn_child, kind="process")
+    async with rt:
+        await rt.invoke("fn", "block")
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_worker_whose_runtime_was_killed_ends_with_its_children() -> None:
+    code_under_test = str(pathlib.Path(runtime.__file__).parents[1])
+    script = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT], env={**os.environ, "PYTHONPATH": code_under_test}
+    )
+    try:
+        await eventually(lambda: len(spawned()) == 1, timeout=20)
+        ((child, worker),) = spawned()
+        script.kill()  # no close(), no PreStop: the worker finds its socket closed
+        script.wait()
+        await eventually(lambda: not alive(child) and not alive(worker), timeout=10)
+    finally:
+        script.kill()
+        script.wait()
+        for pid in [pid for pair in spawned() for pid in pair if alive(pid)]:
+            os.kill(pid, signal.SIGKILL)  # what the old code left behind
+
+
+async def test_close_takes_the_processes_handlers_started() -> None:
+    rt = Runtime(tick_interval=0.01, close_timeout=0.05)  # the blocked task is interrupted
+    rt.register("fn", kh.spawn_child, kind="process", max_instances=2, concurrency=1)
+    async with rt:
+        first, second = await rt.invoke("fn", "block"), await rt.invoke("fn")
+        assert (await rt.wait(second, timeout=20)).result == "spawned"
+        await eventually(lambda: len(spawned()) == 2, timeout=20)
+        assert (await rt.get(first)).status is S.RUNNING
+    assert rt.close_cancelled == 0  # close did not wait on pipes the children held
+    await eventually(lambda: not any(alive(child) for child, _ in spawned()), timeout=10)
+
+
+async def test_long_lines_are_forwarded_in_pieces(
+    make_runtime: RuntimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="stint.worker")
+    rt = await make(make_runtime)
+    rt.register("fn", kh.long_line, kind="process", max_instances=1)
+    ids = [await rt.invoke("fn", 200_000) for _ in range(2)]
+    for task_id in ids:  # the same worker goes on printing after a long line
+        assert (await rt.wait(task_id, timeout=10)).result == "done"
+    after = [f"after the long line of {task_id}" for task_id in ids]
+    await eventually(lambda: all(line in caplog.text for line in after), timeout=10)
+    pieces = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("[fn-1 stdout] x")
+    ]
+    assert len(pieces) >= 2 * 4 and max(len(piece) for piece in pieces) < 70_000
+    assert sum(piece.count("x") for piece in pieces) == 2 * 200_000
+
+
+async def test_sigint_does_not_reach_a_worker(make_runtime: RuntimeFactory) -> None:
+    rt = await make(make_runtime)
+    rt.register("fn", kh.whoami, kind="process")
+    pid = (await rt.wait(await rt.invoke("fn"), timeout=20)).result
+    assert os.getsid(pid) == pid != os.getsid(0)  # not in the terminal's foreground group
+    os.kill(pid, signal.SIGINT)  # and ignored when sent all the same
+    assert (await rt.wait(await rt.invoke("fn"), timeout=20)).result == pid
+    assert process_state(pid) != "Z"
+    assert (await rt.instances("fn"))[0].instance_id == "fn-1"
+
+
+SCRIPT = """
+import asyncio, sys
+from runtime import Runtime
+
+async def main():
+    rt = Runtime()
+    rt.register("fn", sys.argv[1], kind="process")
+    async with rt:
+        record = await rt.wait(await rt.invoke("fn"), timeout=30)
+    print(record.status, record.result, record.error and record.error.message)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    "handler", ["handlers_next_to_me:where", "tests.runtime.kind_handlers:where_is_inspect"]
+)
+def test_handler_modules_import_as_in_the_runtime_not_from_the_cwd(
+    tmp_path: pathlib.Path, handler: str
+) -> None:
+    app, elsewhere = tmp_path / "app", tmp_path / "elsewhere"
+    app.mkdir()
+    elsewhere.mkdir()
+    (app / "main.py").write_text(SCRIPT)
+    (app / "handlers_next_to_me.py").write_text(
+        "import inspect\n\ndef where(event, ctx):\n    return inspect.__file__\n"
+    )
+    marker = tmp_path / "shadowed"
+    (elsewhere / "inspect.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    code_under_test = str(pathlib.Path(runtime.__file__).parents[1])
+    done = subprocess.run(
+        [sys.executable, str(app / "main.py"), handler],
+        cwd=elsewhere, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": code_under_test},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Succeeded "), done.stdout + done.stderr
+    assert str(elsewhere) not in done.stdout  # the standard library's inspect, not the cwd's
+    assert not marker.exists()
+
+
+async def test_unimportable_handler_names_the_paths_searched(make_runtime: RuntimeFactory) -> None:
+    rt = await make(make_runtime)
+    rt.register("fn", "no_such_module_anywhere:handler", kind="process")
+    record = await rt.wait(await rt.invoke("fn"), timeout=20)
+    assert statuses(record) == ["Enqueued", "Dequeued", "Invalid"]
+    detail = record.events[-1].detail
+    assert "No module named 'no_such_module_anywhere'" in detail
+    assert "searched the runtime's sys.path" in detail and repr(sys.path[-1]) in detail
 
 
 def test_process_kind_needs_importable_code() -> None:
@@ -403,3 +567,17 @@ async def test_hooks_and_handler_share_the_instance_thread(
     assert [what for what, _ in seen] == ["initializer", "handler", "pre_freeze", "pre_stop"]
     threads = {name for _, name in seen}
     assert len(threads) == 1 and threading.main_thread().name not in threads
+
+
+async def test_output_is_forwarded_whatever_the_chunks(caplog: pytest.LogCaptureFixture) -> None:
+    from runtime.instances.process_kind import OutputForwarder
+
+    caplog.set_level("INFO", logger="stint.worker")
+    forwarder = OutputForwarder("[w out]", line_max=8)
+    for chunk in (b"ab", b"c\r\n\nd\xc3", b"\xa9f", b"0123456789", b"\nlast \xff"):
+        forwarder.data_received(chunk)  # a two-byte character split across two chunks
+    forwarder.connection_lost(None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "[w out] abc", "[w out] ", "[w out] déf01234", "[w out] 56789", "[w out] last \ufffd",
+    ]  # fmt: skip
+    assert forwarder.closed.done()
