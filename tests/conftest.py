@@ -115,3 +115,20 @@ def make_redis_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., RedisSer
     yield make
     for server in started:
         server.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the chaos and lifecycle-model tests long: more tasks, seeds and examples",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --chaos-long, the chaos tests get the time they need (the default is 60 s)."""
+    if config.getoption("--chaos-long"):
+        for item in items:
+            if item.get_closest_marker("chaos") is not None:
+                item.add_marker(pytest.mark.timeout(3600))
