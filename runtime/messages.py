@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from actors import ActorRef
+
     from .config import FunctionSpec
     from .instances.base import Instance
     from .record import ErrorInfo
@@ -110,6 +112,12 @@ class Interrupt:
     __slots__ = ()
 
 
+class Go:
+    """From the supervisor to a retired pool: nothing more will be sent to it; stop."""
+
+    __slots__ = ()
+
+
 class DescribeInstances:
     """Answered with a list of InstanceInfo."""
 
@@ -142,3 +150,12 @@ class RemoveFunction:
 
 class Tick:
     __slots__ = ()
+
+
+class PoolRetired:
+    """An unregistered function's pool has nothing left: stop sweeping it, let it go."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: ActorRef) -> None:
+        self.pool = pool

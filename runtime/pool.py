@@ -34,10 +34,12 @@ from .messages import (
     CodeReturned,
     DescribeInstances,
     Drain,
+    Go,
     HookDone,
     InstanceCrashed,
     InstanceStarted,
     Interrupt,
+    PoolRetired,
     Running,
     Shutdown,
     Sweep,
@@ -79,6 +81,7 @@ class InstancePoolActor(Actor):
         self.draining = False  # closing or unregistered: no new task starts
         self.unregistered = False
         self.shutting_down = False  # PreStop is being run on every instance
+        self.retired = False  # unregistered and done: the supervisor stops it
         self.drain_replies: list[Reply] = []
         self.shutdown_replies: list[Reply] = []
         self.start_failures = 0
@@ -226,7 +229,8 @@ class InstancePoolActor(Actor):
         task = slot.reserved_by
         if task is not None:
             slot.reserved_by = None
-            self.reserved.pop(task, None)
+            if self.reserved.get(task) is slot:  # its retry may hold another slot already
+                del self.reserved[task]
             instance = slot.instance
             instance.in_flight -= 1
             if instance.in_flight == 0:
@@ -242,7 +246,8 @@ class InstancePoolActor(Actor):
         if task is None:
             return
         slot.reserved_by = None
-        self.reserved.pop(task, None)
+        if self.reserved.get(task) is slot:
+            del self.reserved[task]
         slot.instance.in_flight -= 1
         if requeue and task.is_alive:
             self.queue.appendleft((task, None))
@@ -280,7 +285,9 @@ class InstancePoolActor(Actor):
                 if waited > max_age:
                     task.send(TaskActor.expired, waited)
                     continue
-            reserved.pop(slot.reserved_by, None)  # type: ignore[arg-type]
+            previous = slot.reserved_by
+            if previous is not None and reserved.get(previous) is slot:
+                del reserved[previous]
             slot.reserved_by = task
             reserved[task] = slot
             task.send(TaskActor.dispatched, slot, True)
@@ -297,6 +304,8 @@ class InstancePoolActor(Actor):
             slot.attempt = None
             self._release(slot)
             self._dispatch()
+        if self.draining:
+            self._check_drained()  # it may have been the last task a retired pool waited for
 
     # instances ---------------------------------------------------------------------
 
@@ -650,8 +659,16 @@ class InstancePoolActor(Actor):
         for reply in self.shutdown_replies:
             reply.send(None)
         self.shutdown_replies.clear()
-        if self.unregistered:
-            self.stop_self()
+        if self.unregistered and not self.retired:
+            # Not stop_self(): a Sweep or an instance's last report may be on its way. The
+            # supervisor stops sending Sweeps, then tells the pool to go, behind them.
+            self.retired = True
+            parent = self.parent
+            assert parent is not None
+            parent.tell(PoolRetired(self.ref))
+
+    def _on_go(self, _: Go) -> None:
+        self.stop_self()
 
     def _on_describe(self, _: DescribeInstances) -> list[Any]:
         gone = [instance.info() for instance, _ in self.retiring.values()]
@@ -685,6 +702,7 @@ _HANDLERS: dict[type, Callable[[InstancePoolActor, Any], Any]] = {
     Interrupt: InstancePoolActor._on_interrupt,
     Shutdown: InstancePoolActor._on_shutdown,
     DescribeInstances: InstancePoolActor._on_describe,
+    Go: InstancePoolActor._on_go,
     Running: InstancePoolActor._on_running,
 }
 

@@ -6,9 +6,10 @@ from typing import Any
 
 from actors import Actor, ActorRef, Directive, SupervisorStrategy, TimerHandle
 
-from .messages import AddFunction, Drain, RemoveFunction, Sweep, Tick
+from .messages import AddFunction, Drain, Go, PoolRetired, RemoveFunction, Sweep, Tick
 
 _SWEEP = Sweep()
+_GO = Go()
 
 
 def _resume(_: BaseException) -> Directive:
@@ -53,6 +54,10 @@ class SupervisorActor(Actor):
             if pool is not None:
                 pool.tell(Drain(unregister=True))
                 self.retiring.append(pool)
+        elif isinstance(message, PoolRetired):
+            # No more Sweeps for it; Go follows whatever was sent to it before.
+            self.retiring = [pool for pool in self.retiring if pool is not message.pool]
+            message.pool.tell(_GO)
         else:
             raise TypeError(f"the supervisor does not handle {type(message).__name__}")
 

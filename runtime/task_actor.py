@@ -205,6 +205,9 @@ class TaskActor(Actor):
             return
         if status is ENQUEUED:
             self._move(DEQUEUED, "dequeued to be invalidated")
+        elif status is RETRYING and self.place is RESERVED:
+            self._resubmit()  # its slot on a starting instance went: it waits for another
+            return
         elif status is not DEQUEUED:
             return  # retries and running attempts of an unregistered function finish
         self._uncount()
@@ -261,11 +264,16 @@ class TaskActor(Actor):
         """The attempt ended (or was cut short): its outcome is on it."""
         if attempt is not self.attempt:
             return  # one from before a restart
+        record = self.record
+        status = record.status
+        if attempt.claimed_at is not None and (status is DEQUEUED or status is RETRYING):
+            # A thread took it, and the outcome overtook the word that it had started:
+            # it did start, so Running comes first.
+            self._begin(attempt, attempt.claimed_at)
         self.attempt = None
         error = attempt.error
         outcome = "succeeded" if error is None else attempt.interrupted or "failed"
         self.entry.metrics.attempt(outcome, self.services.clock.monotonic() - attempt.started)
-        record = self.record
         if record.status is not RUNNING:
             return  # Stopping: the stop completes once the instance is replaced
         if error is None:

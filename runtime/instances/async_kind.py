@@ -117,14 +117,16 @@ class _SlotWorker:
             streak += 1
 
     def _absorb_cancel(self) -> bool:
-        """True if the cancellation was ours for one attempt (so the worker goes on)."""
+        """True if the cancellation was ours for one attempt alone (so the worker goes on).
+
+        Another cancel merged into the same CancelledError (close() cancelling the
+        worker) leaves a count behind: then the worker must end, not absorb it.
+        """
         if not self.cancelling:
             return False
         self.cancelling = False
         task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return True
+        return task is None or task.uncancel() == 0
 
     async def _attempt(self, attempt: Attempt) -> None:
         """Await the handler and report its outcome (unless it was cut short meanwhile)."""

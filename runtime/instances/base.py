@@ -207,6 +207,14 @@ class Instance:
             attempt.interrupted = reason
             self.report(attempt)
 
+    def report_to_pool(self, message: object) -> None:
+        """Tell the pool how background work of this instance ended (a hook, a start, a
+        crash). A pool that has gone meanwhile (its function unregistered and done) has
+        no use for it: nothing is sent, so nothing becomes a dead letter."""
+        pool = self.pool
+        if pool.is_alive:
+            pool.tell(message)
+
     def free(self, slot: Slot) -> None:
         """The slot's attempt has really ended where it ran: the pool may reuse the slot."""
         self.pool.send(self.services.slot_free, slot)
@@ -231,14 +239,14 @@ class Instance:
         ``InstanceStarted`` when it is done, with the error if it failed."""
         hook = self.spec.config.initializer
         if hook is None:
-            self.pool.tell(InstanceStarted(self, None, None))
+            self.report_to_pool(InstanceStarted(self, None, None))
             return
         self.note("initializer", "started")
         self._execute_hook(
             "initializer",
             hook,
             self.spec.config.initializer_timeout,
-            lambda error, seconds: self.pool.tell(InstanceStarted(self, error, seconds)),
+            lambda error, seconds: self.report_to_pool(InstanceStarted(self, error, seconds)),
         )
 
     def freeze(self) -> None:
@@ -261,13 +269,13 @@ class Instance:
     def _run_hook(self, name: str, hook: Any, timeout: float) -> None:
         self.hook_running = name
         if hook is None:
-            self.pool.tell(HookDone(self, name, None, None))
+            self.report_to_pool(HookDone(self, name, None, None))
             return
         self._execute_hook(
             name,
             hook,
             timeout,
-            lambda error, seconds: self.pool.tell(HookDone(self, name, error, seconds)),
+            lambda error, seconds: self.report_to_pool(HookDone(self, name, error, seconds)),
         )
 
     def _answer_once(self, name: str, timeout: float, done: HookCallback) -> HookCallback:

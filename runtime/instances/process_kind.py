@@ -72,7 +72,7 @@ class ProcessInstance(Instance):
             error = error_info(InstanceStartError(f"the worker process did not start: {exc!r}"))
         if error is not None:
             self._end_now()
-            self.pool.tell(InstanceStarted(self, error, None))
+            self.report_to_pool(InstanceStarted(self, error, None))
             return
         self.cold_start_seconds = time.perf_counter() - started
         self.note("worker", f"pid {self.pid}, up in {self.cold_start_seconds * 1000:.1f} ms")
@@ -204,11 +204,14 @@ class ProcessInstance(Instance):
         crash = ErrorInfo(InstanceCrashedError.__name__, detail, "")
         for attempt_id in list(self._attempts):
             self._finished(attempt_id, None, crash, True)
+        # A PreStop under way ends with the crash as its outcome: the pool destroys the
+        # instance on that, so it needs no second word of the same end.
+        stopping = "pre_stop" in self._hooks
         for done in list(self._hooks.values()):
             done(crash, 0.0)
         self._hooks.clear()
-        if self.state is not InstanceState.STARTING:
-            self.pool.tell(InstanceCrashed(self, detail, protocol))
+        if self.state is not InstanceState.STARTING and not stopping:
+            self.report_to_pool(InstanceCrashed(self, detail, protocol))
         self.background.start(self._reap(), name=f"stint-reap-{self.instance_id}")
 
     # what the pool asks -----------------------------------------------------------

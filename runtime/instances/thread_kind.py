@@ -259,7 +259,7 @@ class ThreadInstance(Instance):
     def _returned(self) -> None:
         self._busy -= 1
         if not self._busy and self.state is InstanceState.STOPPED:
-            self.pool.tell(CodeReturned(self))  # it was retiring: now it has ended
+            self.report_to_pool(CodeReturned(self))  # it was retiring: now it has ended
 
     def cut(self, slot: Slot, attempt: Attempt, reason: str) -> None:
         # A thread cannot be interrupted: the flag is set, the slot is given up now, and

@@ -69,14 +69,7 @@ STALL_TIMEOUT = 10.0  # no task of a function ended for this long: something is 
 STOP_TIMEOUT = 15.0  # far above any stop here (PreStop is instant): past it, a stop is stuck
 
 #: Runtime bugs the chaos still hits, each with the test that reproduces it exactly.
-KNOWN_BUGS = {
-    "unregister-strands-retry": "tests/runtime/test_unregister_races.py::"
-    "test_a_retry_waiting_for_a_cold_start_still_runs_after_unregister",
-    "retired-pool-dead-letters": "tests/runtime/test_unregister_races.py::"
-    "test_unregister_leaves_no_dead_letter",
-    "retired-pool-lingers": "tests/runtime/test_unregister_races.py::"
-    "test_a_retired_pool_goes_once_its_last_retry_is_stopped",
-}
+KNOWN_BUGS: dict[str, str] = {}  # none known: each is a failure now
 # What "retired-pool-dead-letters" leaves: a message from the supervisor or an
 # instance for a pool that stopped itself (only retired pools stop before close,
 # and only pools get these messages).

@@ -133,3 +133,31 @@ async def test_reports_from_threads_reach_the_loop_in_batches() -> None:
     thread.join()  # the loop is not running meanwhile: everything waits in one batch
     await eventually(lambda: len(seen) == 1000)
     assert seen == list(range(1000)) and flushes == 1
+
+
+async def test_an_outcome_that_overtakes_the_word_of_its_start_still_counts_as_run(
+    make_runtime: RuntimeFactory,
+) -> None:
+    # The thread takes the waiting attempt and its outcome reaches the task before the
+    # word that it started (here: that word is lost). It did run: Running comes first,
+    # and the task ends; before the fix it stayed Dequeued forever.
+    rt = await make_runtime()
+    rt.register("fn", kh.block, kind="thread", max_instances=1)
+    first = await rt.invoke("fn")
+    await eventually(lambda: len(kh.read_log()) == 1)
+    second = await rt.invoke("fn")
+    await until_status(rt, second, S.DEQUEUED)
+    assert rt._services is not None
+    reports = rt._services.thread_reports()
+    original = reports.put
+
+    def lose_the_start_of_second(fn: Any, *args: Any) -> None:
+        if getattr(fn, "__name__", "") == "attempt_started" and args[0].task.name == second:
+            return
+        original(fn, *args)
+
+    reports.put = lose_the_start_of_second  # type: ignore[method-assign]
+    kh.release()
+    assert (await rt.wait(first, timeout=5)).status is S.SUCCEEDED
+    record = await rt.wait(second, timeout=5)
+    assert statuses(record) == ["Enqueued", "Dequeued", "Running", "Succeeded"]

@@ -1,8 +1,8 @@
 """Unregistering a function while its work is in flight: what the chaos test found.
 
 Each test builds, through the public API, one interleaving that
-tests/runtime/test_chaos.py hit at random. Those marked xfail are runtime bugs
-not fixed yet (the reason names the bug); they must start passing once it is.
+tests/runtime/test_chaos.py hit at random, and that left a task stranded, a
+retired pool behind, a reservation lost or a dead letter before the fix.
 """
 
 from __future__ import annotations
@@ -71,11 +71,6 @@ class ColdStarts:
         return task_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unregister-strands-retry: Drain(unregister) releases a retry's reservation on a "
-    "starting instance and tells it invalidate, which a Retrying task ignores: it never runs",
-)
 async def test_a_retry_waiting_for_a_cold_start_still_runs_after_unregister(
     make_runtime: RuntimeFactory, clock: ManualClock
 ) -> None:
@@ -95,11 +90,6 @@ async def test_a_retry_waiting_for_a_cold_start_still_runs_after_unregister(
             await rt.stop(task_id)  # stranded: lets the old pool drain and go
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retired-pool-lingers: a retired pool checks whether it is drained only when a "
-    "slot or an instance of its own frees up, not when its last task ends some other way",
-)
 async def test_a_retired_pool_goes_once_its_last_retry_is_stopped(
     make_runtime: RuntimeFactory, clock: ManualClock
 ) -> None:
@@ -126,11 +116,6 @@ async def test_a_retired_pool_goes_once_its_last_retry_is_stopped(
     assert (pre_stops, system.live_actors) == (1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reservation-clobbered: when a task's first attempt ends after its retry was "
-    "reserved elsewhere, freeing the old slot drops the new reservation from pool.reserved",
-)
 async def test_stopping_a_retry_waiting_for_a_cold_start_frees_its_slot(
     make_runtime: RuntimeFactory,
 ) -> None:
@@ -152,11 +137,6 @@ async def test_stopping_a_retry_waiting_for_a_cold_start_frees_its_slot(
         fn.later_start.open()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retired-pool-dead-letters: an unregistered pool stops itself as soon as its last "
-    "instance is gone, so a Sweep the supervisor already queued for it becomes a dead letter",
-)
 async def test_unregister_leaves_no_dead_letter(
     make_runtime: RuntimeFactory, clock: ManualClock
 ) -> None:
@@ -182,11 +162,6 @@ async def test_unregister_leaves_no_dead_letter(
     assert system.dead_letters == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retired-pool-dead-letters: a worker that dies during the PreStop of an "
-    "unregistered function reports HookDone then InstanceCrashed; the pool stops on the first",
-)
 async def test_a_worker_dying_in_pre_stop_after_unregister_leaves_no_dead_letter(
     make_runtime: RuntimeFactory, test_dir: pathlib.Path
 ) -> None:
@@ -203,11 +178,6 @@ async def test_a_worker_dying_in_pre_stop_after_unregister_leaves_no_dead_letter
     assert system.dead_letters == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retired-pool-dead-letters: a retired pool stops while an instance still runs its "
-    "Initializer; the instance's InstanceStarted then reaches a stopped pool",
-)
 async def test_unregister_while_an_instance_starts_leaves_no_dead_letter(
     make_runtime: RuntimeFactory,
 ) -> None:
