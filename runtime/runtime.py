@@ -63,18 +63,23 @@ class Runtime:
     Use it as ``async with Runtime() as rt:`` (or ``await rt.start()`` and
     ``await rt.close()``) inside a running event loop; uvloop is not required
     but is what ``runtime.loop.run`` and the ``stint`` command use.
+
+    Arguments a caller can get wrong (names, task ids, limits) are annotated ``Any``
+    and checked by the method, which raises stint's own error: compiled by mypyc
+    (``STINT_COMPILE=1``), a narrower annotation would be enforced at the call with
+    a bare ``TypeError`` instead (docs/performance.md, "Compiled build").
     """
 
     def __init__(
         self,
-        store: str = "memory://",
+        store: Any = "memory://",  # a URL (str)
         *,
-        max_payload_bytes: int = 128 * 1024,
+        max_payload_bytes: Any = 128 * 1024,  # an int
         clock: Clock | None = None,
         tick_interval: float = 0.05,
         close_timeout: float = 30.0,
         seed: int | None = None,
-        metrics_port: int | None = None,
+        metrics_port: Any = None,  # an int or None
         metrics_host: str = "127.0.0.1",
     ) -> None:
         if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
@@ -324,7 +329,7 @@ class Runtime:
 
     # metrics ------------------------------------------------------------------------
 
-    async def serve_metrics(self, host: str = "127.0.0.1", port: int = 9464) -> tuple[str, int]:
+    async def serve_metrics(self, host: str = "127.0.0.1", port: Any = 9464) -> tuple[str, int]:
         """Serve ``metrics_registry`` over HTTP (Prometheus text format) on ``host:port``.
 
         Binds loopback by default; pass another address only on purpose. Port 0
@@ -345,7 +350,7 @@ class Runtime:
 
     # registration ---------------------------------------------------------------------
 
-    def register(self, name: str, handler: Callable[..., Any], **config: Any) -> None:
+    def register(self, name: Any, handler: Callable[..., Any], **config: Any) -> None:
         """Register ``handler`` under ``name`` (before or after ``start``).
 
         Raises :class:`ConfigError` for a bad name, key or value, or a name already in use.
@@ -367,7 +372,7 @@ class Runtime:
             for record in self._orphans.pop(name, []):
                 self._adopt(record, entry)
 
-    def function(self, name: str | None = None, **config: Any) -> Callable[[F], F]:
+    def function(self, name: Any = None, **config: Any) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; returns the function unchanged."""
 
         def decorate(fn: F) -> F:
@@ -376,7 +381,7 @@ class Runtime:
 
         return decorate
 
-    def unregister(self, name: str) -> None:
+    def unregister(self, name: Any) -> None:
         """Remove a function: its queued tasks become Invalid, running ones finish."""
         check_name(name)
         entry = self._functions.pop(name, None)
@@ -404,7 +409,7 @@ class Runtime:
 
     # tasks ------------------------------------------------------------------------------
 
-    async def invoke(self, name: str, payload: Any = None, *, task_id: str | None = None) -> str:
+    async def invoke(self, name: Any, payload: Any = None, *, task_id: Any = None) -> str:
         """Accept a task for ``name``; returns its id once it is stored as Enqueued."""
         if self._state != "started":
             raise self._closed_error()
@@ -446,7 +451,7 @@ class Runtime:
             # the first one runs. Letting the loop turn keeps work flowing (and
             # memory flat); the task is already accepted and stored.
             await asyncio.sleep(0)
-        return task_id
+        return record.task_id
 
     def _task_finished(self, record: TaskRecord, entry: FunctionEntry) -> None:
         self._live.pop(record.task_id, None)
@@ -461,7 +466,7 @@ class Runtime:
                 if not waiter.done():
                     waiter.set_result(snapshot)
 
-    async def join(self, name: str | None = None, timeout: float | None = None) -> None:
+    async def join(self, name: Any = None, timeout: float | None = None) -> None:
         """Wait until ``name`` (or every function, if None) has no unfinished task.
 
         Tasks invoked while waiting count too. Raises :class:`WaitTimeoutError`.
@@ -495,11 +500,11 @@ class Runtime:
             if not waiter.done() and (name not in self._functions or self._idle(name)):
                 waiter.set_result(None)
 
-    async def get(self, task_id: str) -> TaskRecord:
+    async def get(self, task_id: Any) -> TaskRecord:
         """The task's record (a snapshot); raises :class:`TaskNotFoundError`."""
         return (await self._record(task_id)).copy()
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+    async def wait(self, task_id: Any, timeout: float | None = None) -> TaskRecord:
         """Wait until the task is terminal and return its record.
 
         Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
@@ -531,7 +536,7 @@ class Runtime:
                 if not waiters:
                     del self._waiters[task_id]
 
-    async def stop(self, task_id: str) -> TaskRecord:
+    async def stop(self, task_id: Any) -> TaskRecord:
         """Stop a task; returns its record once Stopped.
 
         A Running task's instance runs PreStop and is replaced first. Stopping a
@@ -552,9 +557,9 @@ class Runtime:
     async def list(
         self,
         function: str | None = None,
-        status: TaskState | str | None = None,
+        status: Any = None,  # a TaskState, its name, or None
         prefix: str | None = None,
-        limit: int = 50,
+        limit: Any = 50,  # an int
     ) -> list[TaskRecord]:
         """Task records, newest first, filtered by function, status and id prefix."""
         if status is not None:
@@ -571,7 +576,7 @@ class Runtime:
         )
         return [record.copy() for record in records]
 
-    async def instances(self, name: str) -> builtins.list[InstanceInfo]:
+    async def instances(self, name: Any) -> builtins.list[InstanceInfo]:
         """What the pool of ``name`` holds: id, state, in-flight count, times, tasks served."""
         entry = self._functions.get(name)
         if entry is None:
@@ -583,8 +588,8 @@ class Runtime:
 
     # helpers ----------------------------------------------------------------------------
 
-    async def _record(self, task_id: str) -> TaskRecord:
-        record = await self._store.get(task_id)
+    async def _record(self, task_id: Any) -> TaskRecord:
+        record = await self._store.get(task_id) if isinstance(task_id, str) else None
         if record is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: check the id (rt.list shows recent ones); "
@@ -592,7 +597,7 @@ class Runtime:
             )
         return record
 
-    def _not_found(self, name: str) -> str:
+    def _not_found(self, name: object) -> str:
         known = ", ".join(sorted(self._functions)) or "none"
         return f"no function named {name!r} is registered (registered: {known}); register it first"
 
