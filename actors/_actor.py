@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from ._supervision import SupervisorStrategy
 
 if TYPE_CHECKING:
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
     from ._system import ActorSystem
 
 
+# Users (and stint's own interpreted modules) subclass it: the compiled build must allow that.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Actor:
     """Subclass and implement :meth:`receive`; the kernel calls it one message at a time.
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+import runtime
 from runtime.loop import run
 
 from . import http, probes
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     n, repeat = (2_000, 1) if args.quick else (args.tasks, args.repeat)
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     console = Console()
+    console.print(f"stint build: {build()}")
     timings = measure(variants, n, repeat, console)
     results = summarise(variants, timings, n)
     console.print(throughput_table(results, n, repeat))
@@ -183,7 +185,13 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "stint_build": build(),
     }
+
+
+def build() -> str:
+    """Which stint is measured: the pure-Python one or the mypyc-compiled one (STINT_COMPILE=1)."""
+    return "compiled (mypyc)" if runtime.compiled else "pure Python"
 
 
 if __name__ == "__main__":

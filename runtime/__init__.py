@@ -14,6 +14,8 @@ of stint — a ``kind="process"`` worker — does not pay for all of it.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from . import errors
@@ -78,7 +80,20 @@ if TYPE_CHECKING:
     from .states import TRANSITIONS, InstanceState, TaskState
 
 
+def _compiled() -> bool:
+    """True when this stint's hot path runs compiled by mypyc (built with STINT_COMPILE=1).
+
+    Read off the task actor's module, without importing it: an extension module there
+    means the ``STINT_COMPILE=1`` build (which compiles the hot modules together).
+    """
+    spec = importlib.util.find_spec(".task_actor", __name__)
+    origin = spec.origin if spec is not None else None
+    return origin is not None and origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def __getattr__(name: str) -> Any:
+    if name == "compiled":
+        return _compiled()
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'runtime' has no attribute {name!r}")
@@ -128,6 +143,7 @@ __all__ = [
     "WrongLoopError",
     "WrongThreadError",
     "codec",
+    "compiled",
     "errors",
     "start_in_thread",
 ]

@@ -124,11 +124,12 @@ class TaskRecord:
 
     def copy(self) -> TaskRecord:
         """A snapshot that later transitions do not change."""
-        clone = TaskRecord.__new__(TaskRecord)  # every waiter gets one: kept explicit and cheap
-        clone.task_id = self.task_id
-        clone.function = self.function
+        # Through __init__, not TaskRecord.__new__(TaskRecord): a compiled class runs its
+        # __init__ from __new__ (docs/performance.md, "Compiled build").
+        clone = TaskRecord(
+            self.task_id, self.function, self._payload, self.created_at, list(self._events)
+        )
         clone.status = self.status
-        clone._payload = self._payload
         clone._result = self._result
         clone.error = self.error
         clone.attempts = self.attempts
@@ -138,7 +139,6 @@ class TaskRecord:
         clone.started_at = self.started_at
         clone.ended_at = self.ended_at
         clone.instance_id = self.instance_id
-        clone._events = list(self._events)
         return clone
 
     def to_dict(self) -> dict[str, Any]:

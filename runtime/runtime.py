@@ -96,18 +96,23 @@ class Runtime:
     Use it as ``async with Runtime() as rt:`` (or ``await rt.start()`` and
     ``await rt.close()``) inside a running event loop; uvloop is not required
     but is what ``runtime.loop.run`` and the ``stint`` command use.
+
+    Arguments a caller can get wrong (names, task ids, limits) are annotated ``Any``
+    and checked by the method, which raises stint's own error: compiled by mypyc
+    (``STINT_COMPILE=1``), a narrower annotation would be enforced at the call with
+    a bare ``TypeError`` instead (docs/performance.md, "Compiled build").
     """
 
     def __init__(
         self,
-        store: str = "memory://",
+        store: Any = "memory://",  # a URL (str)
         *,
-        max_payload_bytes: int = 128 * 1024,
+        max_payload_bytes: Any = 128 * 1024,  # an int
         clock: Clock | None = None,
         tick_interval: float = 0.05,
         close_timeout: float = 30.0,
         seed: int | None = None,
-        metrics_port: int | None = None,
+        metrics_port: Any = None,  # an int or None
         metrics_host: str = "127.0.0.1",
         gc_threshold: int | None = None,
         node_id: str | None = None,
@@ -426,7 +431,7 @@ class Runtime:
 
     # metrics ------------------------------------------------------------------------
 
-    async def serve_metrics(self, host: str = "127.0.0.1", port: int = 9464) -> tuple[str, int]:
+    async def serve_metrics(self, host: str = "127.0.0.1", port: Any = 9464) -> tuple[str, int]:
         """Serve ``metrics_registry`` over HTTP (Prometheus text format) on ``host:port``.
 
         Binds loopback by default; pass another address only on purpose. Port 0
@@ -447,7 +452,7 @@ class Runtime:
 
     # registration ---------------------------------------------------------------------
 
-    def register(self, name: str, handler: Callable[..., Any], **config: Any) -> None:
+    def register(self, name: Any, handler: Callable[..., Any], **config: Any) -> None:
         """Register ``handler`` under ``name`` (before or after ``start``).
 
         Raises :class:`ConfigError` for a bad name, key or value, or a name already in use.
@@ -499,7 +504,7 @@ class Runtime:
 
         return decorate
 
-    def unregister(self, name: str) -> None:
+    def unregister(self, name: Any) -> None:
         """Remove a function: its queued tasks become Invalid, running ones finish."""
         check_name(name)
         entry = self._functions.pop(name, None)
@@ -510,7 +515,7 @@ class Runtime:
         if self._supervisor is not None and self._state == "started":
             self._supervisor.tell(RemoveFunction(name))
 
-    async def delete_function(self, name: str) -> None:
+    async def delete_function(self, name: Any) -> None:
         """Remove a function everywhere: this node stops serving it and, on a shared store,
         the cluster forgets it (new invokes are refused) and its queued tasks become
         Invalid ("function deleted"). On a store that is not shared it is
@@ -549,11 +554,11 @@ class Runtime:
 
     async def invoke(
         self,
-        name: str,
+        name: Any,  # a str
         payload: Any = None,
         *,
-        task_id: str | None = None,
-        delay: float | None = None,
+        task_id: Any = None,  # a str or None
+        delay: Any = None,  # seconds or None
     ) -> str:
         """Accept a task for ``name``; returns its id once it is stored as Enqueued.
 
@@ -633,7 +638,7 @@ class Runtime:
             # the first one runs. Letting the loop turn keeps work flowing (and
             # memory flat); the task is already accepted and stored.
             await asyncio.sleep(0)
-        return task_id
+        return record.task_id
 
     def _created_now(self) -> float:
         """Now, as a task's ``created_at``: strictly increasing within this runtime, so
@@ -781,7 +786,7 @@ class Runtime:
             waits.idle(self._idle)
         waits.finished(record)
 
-    async def join(self, name: str | None = None, timeout: float | None = None) -> None:
+    async def join(self, name: Any = None, timeout: float | None = None) -> None:
         """Wait until ``name`` (or every function, if None) has no unfinished task.
 
         Tasks invoked while waiting count too. Raises :class:`WaitTimeoutError`.
@@ -800,12 +805,12 @@ class Runtime:
         entry = self._functions.get(name)
         return (entry is None or entry.live == 0) and name not in self._delivering
 
-    async def get(self, task_id: str) -> TaskRecord:
+    async def get(self, task_id: Any) -> TaskRecord:
         """The task's record (a snapshot); raises :class:`TaskNotFoundError`."""
         self._check_running()
         return (await self._record(task_id)).copy()
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+    async def wait(self, task_id: Any, timeout: float | None = None) -> TaskRecord:
         """Wait until the task is terminal and return its record.
 
         Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
@@ -827,7 +832,7 @@ class Runtime:
                 "or stop it with rt.stop"
             ) from None
 
-    def watch(self, task_id: str) -> AsyncIterator[TaskEvent]:
+    def watch(self, task_id: Any) -> AsyncIterator[TaskEvent]:
         """``async for event in rt.watch(task_id)``: every event of the task from its first,
         then each new one as it happens, ending after the terminal one.
 
@@ -839,7 +844,7 @@ class Runtime:
         poll = None if self._cluster is None else 1.0  # elsewhere in a cluster: look again too
         return TaskWatch(task_id, self._store.get, self._waits, poll=poll)
 
-    async def stop(self, task_id: str) -> TaskRecord:
+    async def stop(self, task_id: Any) -> TaskRecord:
         """Stop a task; returns its record once Stopped.
 
         A Running task's instance runs PreStop and is replaced first. Stopping a
@@ -860,7 +865,7 @@ class Runtime:
             raise TaskFinishedError.of(task_id, record.status)
         raise self._closed_error()
 
-    async def rerun(self, task_id: str, *, new_task_id: str | None = None) -> str:
+    async def rerun(self, task_id: Any, *, new_task_id: Any = None) -> str:
         """Run a finished task again: a new task of the same function and payload.
 
         Its first event names the task it re-runs; the id is generated unless
@@ -886,7 +891,7 @@ class Runtime:
     async def list(
         self,
         function: str | None = None,
-        status: TaskState | str | None = None,
+        status: Any = None,  # a TaskState, its name, or None
         prefix: str | None = None,
         limit: int = 50,
         *,
@@ -925,7 +930,7 @@ class Runtime:
         page[:] = [record.copy() for record in page]
         return page
 
-    async def instances(self, name: str) -> builtins.list[InstanceInfo]:
+    async def instances(self, name: Any) -> builtins.list[InstanceInfo]:
         """What the pool of ``name`` holds: id, state, in-flight count, times, tasks served."""
         self._check_running()
         entry = self._functions.get(name)
@@ -981,8 +986,8 @@ class Runtime:
 
     # helpers ----------------------------------------------------------------------------
 
-    async def _record(self, task_id: str) -> TaskRecord:
-        record = await self._store.get(task_id)
+    async def _record(self, task_id: Any) -> TaskRecord:
+        record = await self._store.get(task_id) if isinstance(task_id, str) else None
         if record is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: check the id (rt.list shows recent ones); "
@@ -990,7 +995,7 @@ class Runtime:
             )
         return record
 
-    def _not_found(self, name: str) -> str:
+    def _not_found(self, name: object) -> str:
         known = ", ".join(sorted(self._functions)) or "none"
         return f"no function named {name!r} is registered (registered: {known}); register it first"
 

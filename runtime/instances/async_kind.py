@@ -10,17 +10,32 @@ for the next attempt.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from .. import codec
 from ..errors import ResultEncodingError
 from ..hooks import error_info
 from .base import NOT_DECODED, Attempt, Instance, Slot
 
+if TYPE_CHECKING:
+    from actors import ActorRef
+
+    from ..config import FunctionSpec
+    from ..registry import Services
+
 _FAIRNESS = 64  # attempts a worker runs back to back before yielding to the loop
 
 
 class AsyncInstance(Instance):
     kind = "async"
+
+    def __init__(
+        self, spec: FunctionSpec, instance_id: str, pool: ActorRef, services: Services
+    ) -> None:
+        # Not redundant: compiled by mypyc, a subclass that inherits the __init__ of a base
+        # allowing interpreted subclasses runs it twice per instance and leaks every
+        # argument (the services, so the whole runtime). tests/test_compiled.py holds this.
+        super().__init__(spec, instance_id, pool, services)
 
     def activate(self) -> None:
         self._workers = [_SlotWorker(self, slot) for slot in self.slots]

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+from mypy_extensions import mypyc_attr
+
 from ..context import InstanceContext, TaskContext
 from ..errors import AttemptTimeoutError, InstanceRestartedError
 from ..hooks import call_hook, hook_timeout
@@ -120,6 +122,8 @@ class InstanceInfo(NamedTuple):
     abandoned: bool = False  # destroyed, but its thread has not ended yet
 
 
+# The thread and process kinds stay interpreted (pykka, subprocesses) and subclass it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Instance:
     """A warm copy of a function: it runs the Initializer once, then up to ``concurrency`` tasks.
 
