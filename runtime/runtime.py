@@ -109,17 +109,17 @@ class Runtime:
         *,
         max_payload_bytes: Any = 128 * 1024,  # an int
         clock: Clock | None = None,
-        tick_interval: float = 0.05,
-        close_timeout: float = 30.0,
-        seed: int | None = None,
+        tick_interval: Any = 0.05,  # seconds
+        close_timeout: Any = 30.0,  # seconds
+        seed: Any = None,  # an int (or anything random.Random takes) or None
         metrics_port: Any = None,  # an int or None
-        metrics_host: str = "127.0.0.1",
-        gc_threshold: int | None = None,
-        node_id: str | None = None,
+        metrics_host: Any = "127.0.0.1",  # a str
+        gc_threshold: Any = None,  # an int or None
+        node_id: Any = None,  # a str or None
     ) -> None:
         if not isinstance(max_payload_bytes, int) or not 1 <= max_payload_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_payload_bytes must be an integer from 1 to 67108864 (64 MiB)")
-        if not tick_interval > 0 or not close_timeout >= 0:
+        if not _seconds(tick_interval) or not _seconds(close_timeout) or not tick_interval > 0:
             raise ConfigError("tick_interval must be > 0 seconds and close_timeout >= 0 seconds")
         _check_metrics_address(metrics_host, metrics_port)
         if gc_threshold is not None and (
@@ -495,7 +495,7 @@ class Runtime:
             return name
         if name is not None and not isinstance(name, str):
             raise ConfigError(
-                f"@rt.function takes the function's name (a str) or nothing, got {name!r}"
+                f"@rt.function takes the function name (a str) or nothing, got {name!r}"
             )
 
         def decorate(fn: F) -> F:
@@ -571,7 +571,11 @@ class Runtime:
         :class:`ConfigError` (a bad ``delay``); nothing is stored then.
         """
         try:
+            if not isinstance(name, str):
+                raise FunctionNotFoundError(self._not_found(name))
             data = codec.encode_payload(payload, self.max_payload_bytes)
+            if task_id is not None:
+                task_id = check_task_id(task_id)
         except StintError as error:
             self._count_rejected(name, error)
             raise
@@ -585,7 +589,7 @@ class Runtime:
         event: object,
         task_id: str | None,
         *,
-        delay: float | None = None,
+        delay: Any = None,  # seconds or None: checked here, against the function's max_delay
         note: str = "accepted",
     ) -> str:
         """Store a new Enqueued task (its payload already encoded) and queue it."""
@@ -650,7 +654,7 @@ class Runtime:
         return now
 
     async def _accept_shared(
-        self, name: str, data: bytes, task_id: str | None, *, delay: float | None, note: str
+        self, name: str, data: bytes, task_id: str | None, *, delay: Any, note: str
     ) -> str:
         """A shared store: the task is stored with its queue entry in the cluster, where
         whichever node has a free slot takes it (maybe this one); no actor is made here."""
@@ -786,12 +790,13 @@ class Runtime:
             waits.idle(self._idle)
         waits.finished(record)
 
-    async def join(self, name: Any = None, timeout: float | None = None) -> None:
+    async def join(self, name: Any = None, timeout: Any = None) -> None:
         """Wait until ``name`` (or every function, if None) has no unfinished task.
 
         Tasks invoked while waiting count too. Raises :class:`WaitTimeoutError`.
         """
         self._check_running()
+        timeout = _check_timeout(timeout)
         if self._cluster is not None:
             await self._cluster.join(name, timeout)
             return
@@ -810,12 +815,13 @@ class Runtime:
         self._check_running()
         return (await self._record(task_id)).copy()
 
-    async def wait(self, task_id: Any, timeout: float | None = None) -> TaskRecord:
+    async def wait(self, task_id: Any, timeout: Any = None) -> TaskRecord:
         """Wait until the task is terminal and return its record.
 
         Raises :class:`WaitTimeoutError` after ``timeout`` seconds (the task goes on).
         """
         self._check_running()
+        timeout = _check_timeout(timeout)
         if self._cluster is not None and task_id not in self._live:
             return await self._cluster.wait(task_id, timeout)  # held elsewhere, or by nobody
         if task_id not in self._live:  # a live task is unfinished: no need to read it
@@ -874,6 +880,8 @@ class Runtime:
         raises :class:`TaskNotFinishedError`.
         """
         self._check_running()
+        if new_task_id is not None:
+            new_task_id = check_task_id(new_task_id)
         source = await self._record(task_id)
         if not source.is_terminal:
             raise TaskNotFinishedError(
@@ -1026,6 +1034,24 @@ class Runtime:
         return RuntimeClosedError(
             f"the runtime is {self._state}; create a new Runtime to run tasks"
         )
+
+
+def _seconds(value: object) -> bool:
+    """A finite number of seconds, >= 0 (a bool is not one)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if not _seconds(timeout):
+        raise ConfigError(f"timeout={timeout!r} must be a number of seconds >= 0, or None")
+    return float(timeout)  # type: ignore[arg-type]
 
 
 def _iso(epoch: float) -> str:
