@@ -95,7 +95,7 @@ class Histogram:
         self.sum += value
 
     def copy(self) -> Histogram:
-        twin = Histogram.__new__(Histogram)
+        twin = Histogram()  # (not Histogram.__new__: see FunctionMetrics.copy)
         twin.counts = self.counts.copy()
         twin.sum = self.sum
         return twin
@@ -151,8 +151,9 @@ class FunctionMetrics:
     def copy(self) -> FunctionMetrics:
         """A detached copy for a scrape: every number as it is now, and the pool's
         instances reduced to a count by state (cheap enough to take on the loop)."""
-        twin = FunctionMetrics.__new__(FunctionMetrics)  # every slot is set below
-        twin.kind = self.kind
+        # FunctionMetrics(kind), not FunctionMetrics.__new__: a class compiled by mypyc runs
+        # __init__ from __new__ (docs/performance.md, "Compiled build")
+        twin = FunctionMetrics(self.kind)
         twin.submitted = self.submitted
         twin.retries = self.retries
         twin.entered = self.entered.copy()

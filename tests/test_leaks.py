@@ -42,8 +42,14 @@ async def one_runtime(tasks: int) -> None:
         for i in range(tasks):
             await rt.invoke("noop", i)
         await rt.join("noop", timeout=60)
-        done = await rt.list(function="noop", status="Succeeded", limit=tasks)
-        assert len(done) == tasks
+        done, cursor = 0, None
+        while True:  # every page (a page holds at most 1,000)
+            page = await rt.list(function="noop", status="Succeeded", limit=1000, cursor=cursor)
+            done += len(page)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert done == tasks
 
 
 def rss() -> int:

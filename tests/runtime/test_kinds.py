@@ -446,10 +446,11 @@ def test_handler_modules_import_as_in_the_runtime_not_from_the_cwd(
     marker = tmp_path / "shadowed"
     (elsewhere / "inspect.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     code_under_test = str(pathlib.Path(runtime.__file__).parents[1])
+    tests_root = str(pathlib.Path(__file__).resolve().parents[2])  # where `tests` imports from
     done = subprocess.run(
         [sys.executable, str(app / "main.py"), handler],
         cwd=elsewhere, capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "PYTHONPATH": code_under_test},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([code_under_test, tests_root])},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Succeeded "), done.stdout + done.stderr
