@@ -23,6 +23,7 @@ from actors import ActorRef, ActorSystem, Clock, SystemClock
 
 from . import codec
 from .client import RuntimeClient
+from .closing import shut_down
 from .config import (
     FunctionConfig,
     FunctionSpec,
@@ -53,12 +54,9 @@ from .listing import Query, TaskList
 from .messages import (
     AddFunction,
     DescribeInstances,
-    Drain,
-    Interrupt,
     Recover,
     RemoveFunction,
     Running,
-    Shutdown,
     Wake,
 )
 from .metrics import (
@@ -322,105 +320,8 @@ class Runtime:
         await self._shut_down()
 
     async def _shut_down(self) -> None:
-        """What ``close`` does to a runtime that started (or began to)."""
-        self._state = "closing"
-        try:
-            await self._wind_down()
-        except asyncio.CancelledError:
-            logger.warning("stint: close interrupted: cutting running work short")
-            await self._tear_down(hurry=True)
-            raise
-        await self._tear_down(hurry=False)
-
-    async def _wind_down(self) -> None:
-        """Let running attempts finish (up to close_timeout), then PreStop every instance."""
-        if self._cluster is not None:
-            await self._cluster.node.stop_taking_work()  # no more work from the cluster
-        pools = [pool for pool in self._pools if pool.is_alive]
-        running = sum(await self._ask_each(pools, Running))
-        if running:
-            logger.warning(
-                "stint: closing: waiting up to %.1f s for %d running attempt(s) to finish "
-                "(cancel close(), or press Ctrl-C again, to stop waiting)",
-                self.close_timeout,
-                running,
-            )
-        if not await self._ask_all(pools, Drain, self.close_timeout):
-            logger.warning(
-                "stint: closing: attempts still running after close_timeout=%s s: interrupted",
-                self.close_timeout,
-            )
-            for pool in pools:
-                pool.tell(Interrupt())
-            await self._ask_all(pools, Drain, 5.0)
-        longest_pre_stop = max(
-            (e.spec.config.pre_stop_timeout for e in self._functions.values()), default=0
-        )
-        await self._ask_all(pools, Shutdown, longest_pre_stop + 5.0)
-
-    async def _tear_down(self, *, hurry: bool) -> None:
-        """Stop background work, account for unfinished tasks, close actors and the store."""
-        if self._cluster is not None:
-            await self._cluster.node.close()  # its loops first: they are background work too
-        if hurry:
-            for pool in self._pools:
-                pool.tell(Interrupt())
-            self.close_cancelled = await self._background.cancel_all()
-        else:
-            # worker processes get 1 s to exit; anything still running after 3 s is cut
-            self.close_cancelled = await self._background.wait(timeout=3.0)
-            if self.close_cancelled:
-                logger.warning("close() cancelled %d background task(s)", self.close_cancelled)
-        await self._account_for_unfinished()
-        if self._system is not None:
-            self._system.close()
-        self._waits.close()
-        self._live.clear()
-        self._gc.restore()
-        try:
-            await self._store.close()
-        finally:
-            if self._metrics_server is not None:
-                await self._metrics_server.close()
-                self._metrics_server = None
-            self._state = "closed"
-
-    async def _account_for_unfinished(self) -> None:
-        """Count the tasks close leaves unfinished, by state, and say what becomes of them."""
-        unfinished: Counter[str] = Counter()
-        for task_id in self._live:
-            record = await self._store.get(task_id)
-            if record is not None and not record.is_terminal:
-                unfinished[str(record.status)] += 1
-        self.close_unfinished = dict(unfinished)
-        total = sum(unfinished.values())
-        if not total:
-            return
-        states = ", ".join(f"{state}: {count}" for state, count in sorted(unfinished.items()))
-        if self._store.shared:
-            fate = f"kept in {self._store.url}: the other nodes reclaim them"
-        elif self._store.durable:
-            fate = f"kept in {self._store.url}: they are recovered on the next start"
-        else:
-            fate = "lost: the memory store keeps nothing (use a durable store to keep them)"
-        logger.warning("stint: closed with %d unfinished task(s) (%s): %s", total, states, fate)
-
-    async def _ask_each(self, pools: list[ActorRef], message: type[Any]) -> list[Any]:
-        answers = await asyncio.gather(
-            *[pool.ask(message()) for pool in pools if pool.is_alive], return_exceptions=True
-        )
-        return [answer for answer in answers if not isinstance(answer, BaseException)]
-
-    async def _ask_all(self, pools: list[ActorRef], message: type[Any], timeout: float) -> bool:
-        asks = [pool.ask(message()) for pool in pools if pool.is_alive]
-        if not asks:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*asks, return_exceptions=True)
-        except TimeoutError:
-            return False
-        return True
+        """What ``close`` does to a runtime that started (or began to): runtime/closing.py."""
+        await shut_down(self)
 
     def _maintain(self) -> None:
         dropped = self._store.evict()
