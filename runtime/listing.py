@@ -55,14 +55,14 @@ class Query:
 
     def __init__(  # noqa: PLR0917 - the arguments of rt.list, checked once here
         self,
-        function: str | None,
-        status: str | None,
-        prefix: str | None,
-        limit: int,
-        created_after: float | None,
-        created_before: float | None,
-        order: str,
-        cursor: str | None,
+        function: Any,  # what callers passed, checked below (typed narrower, a compiled
+        status: Any,  # caller would refuse a wrong type with a bare TypeError first)
+        prefix: Any,
+        limit: Any,
+        created_after: Any,
+        created_before: Any,
+        order: Any,
+        cursor: Any,
     ) -> None:
         for key, value in (("function", function), ("prefix", prefix)):
             if value is not None and not isinstance(value, str):
