@@ -78,13 +78,13 @@ class Query:
                 raise ConfigError(f"{key}={bound!r} must be epoch seconds (a number) or None")
         if order not in ORDERS:
             raise ConfigError(f"order={order!r} must be 'desc' (newest first) or 'asc'")
-        self.function = function
-        self.status = status
-        self.prefix = prefix
-        self.limit = limit
+        self.function: str | None = function
+        self.status: str | None = status
+        self.prefix: str | None = prefix
+        self.limit: int = limit
         self.created_after = None if created_after is None else float(created_after)
         self.created_before = None if created_before is None else float(created_before)
-        self.order = order
+        self.order: str = order
         self.start_after: Key | None = None if cursor is None else self._decode(cursor)
 
     @property
