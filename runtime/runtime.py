@@ -799,15 +799,17 @@ class Runtime:
 
     async def list(
         self,
-        function: str | None = None,
+        # Typed Any on purpose: Query checks each argument and answers a bad one
+        # with a ConfigError (a compiled build would raise a bare TypeError).
+        function: Any = None,  # str | None
         status: Any = None,  # a TaskState, its name, or None
-        prefix: str | None = None,
-        limit: int = 50,
+        prefix: Any = None,  # str | None
+        limit: Any = 50,  # int
         *,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        order: str = "desc",
-        cursor: str | None = None,
+        created_after: Any = None,  # float | None
+        created_before: Any = None,  # float | None
+        order: Any = "desc",  # "desc" | "asc"
+        cursor: Any = None,  # str | None
     ) -> TaskList:
         """A page of task records, newest first (``order="asc"``: oldest first).
 

@@ -65,12 +65,15 @@ def survivors() -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")
 @pytest.mark.slow
 def test_several_runtimes_in_one_process_leave_nothing_behind() -> None:
+    # other modules may hold runtimes of their own (an app module's, never started)
+    gc.collect()
+    before = survivors()
     readings = []
     for round_ in range(ROUNDS):
         # each runtime on a fresh loop, alternating the two loops stint supports
         run(one_runtime(TASKS), loop="uvloop" if round_ % 2 else "asyncio")
         gc.collect()
-        assert survivors() == 0, f"round {round_}: a closed runtime is still alive"
+        assert survivors() == before, f"round {round_}: a closed runtime is still alive"
         readings.append((sys.getallocatedblocks(), rss()))
     report = f"(allocated blocks, RSS bytes) after each round: {readings}"
     (blocks0, rss0), (blocks, rss_) = readings[WARM - 1], readings[-1]

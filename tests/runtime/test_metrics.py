@@ -35,7 +35,7 @@ from runtime.metrics import BUCKETS, FunctionMetrics, Histogram
 from tests.conftest import RuntimeFactory, eventually
 
 from . import kind_handlers as kh
-from .helpers import Gate, until_status
+from .helpers import Gate, patch_or_skip, until_status
 
 DOC = pathlib.Path(__file__).parents[2] / "docs" / "metrics.md"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -328,7 +328,7 @@ async def test_rejected_invokes_are_counted_by_reason(
 
     gate.open()
     await rt.join("fn", timeout=5)
-    monkeypatch.setattr(rt.store, "add", broken_store)
+    patch_or_skip(monkeypatch, rt.store, "add", broken_store)
     with pytest.raises(StoreError):
         await rt.invoke("fn")
     await rt.close()
@@ -458,7 +458,7 @@ async def test_a_failure_late_in_start_closes_everything_started(
     def fail(records: Any) -> None:
         raise RuntimeError("recovery broke")
 
-    monkeypatch.setattr(rt, "_recover", fail)
+    patch_or_skip(monkeypatch, rt, "_recover", fail)
     with pytest.raises(RuntimeError, match="recovery broke"):
         await rt.start()
     await assert_nothing_left(rt, url, threads)
@@ -478,7 +478,7 @@ async def test_a_scrape_copies_on_the_loop_and_formats_off_it(
         built_on.append(threading.get_ident())
         return build(reading)
 
-    monkeypatch.setattr(collector, "_families", families)
+    patch_or_skip(monkeypatch, collector, "_families", families)
     host, port = await rt.serve_metrics(port=0)
     samples = await asyncio.to_thread(scrape, host, port)
     assert value(samples, "stint_tasks_submitted_total", function="fn") == 0
