@@ -95,6 +95,8 @@ class InstancePoolActor(Actor):
     def on_start(self) -> None:
         self.metrics.instances = self.instances  # read (on the loop) at scrape time
         self._ensure_min()  # warm min_instances now, not at the first tick
+        if self.entry.source is not None:
+            self._report_capacity()  # the cluster's queue may hold work for us already
 
     def on_stop(self) -> None:
         if self._delay_timer is not None:

@@ -50,11 +50,13 @@ class PeriodicActor(Actor):
         self._background = background
         self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Task[Any] | None = None
+        self._stopped = False
 
     def on_start(self) -> None:
         self._schedule(0.0)
 
     def on_stop(self) -> None:
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
         if self._running is not None:
@@ -78,15 +80,21 @@ class PeriodicActor(Actor):
         self._timer = loop.call_later(delay, self.ref.tell, _TICK)
 
     def _start_job(self) -> None:
-        task = self._background.start(self.job(), f"stint-{type(self).__name__}")
+        task = self._background.start(self._run_job(), f"stint-{type(self).__name__}")
         self._running = task
         task.add_done_callback(self._report)
 
+    async def _run_job(self) -> _Done:
+        # The outcome, failure included, travels back as a value: a failed job is this
+        # actor's to judge (an outage is expected, and retried), not a crashed task's.
+        try:
+            return _Done(await self.job(), None)
+        except Exception as exc:
+            return _Done(None, exc)
+
     def _report(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        self.ref.tell(_Done(None if error is not None else task.result(), error))
+        if not task.cancelled() and not self._stopped:  # a stopped actor takes no mail
+            self.ref.tell(task.result())
 
     async def job(self) -> Any:
         raise NotImplementedError
@@ -96,6 +104,7 @@ class PeriodicActor(Actor):
 
     def failed(self, error: BaseException) -> None:
         if isinstance(error, StoreError):
+            # the Redis client already warned once that it lost the connection
             logger.debug("stint: %s could not reach Redis: %s", type(self).__name__, error)
         else:
             logger.error("stint: %s failed: %r", type(self).__name__, error, exc_info=error)
@@ -188,6 +197,10 @@ class ControlReaderActor(PeriodicActor):
     def failed(self, error: BaseException) -> None:
         super().failed(error)
         self.interval = 0.5  # Redis is away: do not spin
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        self._channel.interrupt()  # a cancel alone may not end the blocking read
 
     def _schedule(self, delay: float) -> None:
         super()._schedule(delay)

@@ -23,6 +23,7 @@ from actors import ActorRef, ActorSystem
 
 from ..errors import StoreError
 from ..hooks import BackgroundTasks
+from ..loop import cancel_and_wait
 from ..stores.redis.control import ChangeFeed, ControlChannel
 from ..stores.redis.nodes import FunctionInfo
 from ..stores.redis.queue import Claimed
@@ -77,6 +78,7 @@ class ClusterNode:
         self._background = background
         self._hooks = hooks
         self.source = SharedSource(store.queue, hooks.adopt, store.nodes.lease_valid)
+        self._control = ControlChannel(store.conn, store.node_id)
         self.reclaimer = Reclaimer(store.conn, store.node_id)
         self._feed = ChangeFeed(store.conn, hooks.changed, hooks.gap)
         self._actors: list[ActorRef] = []
@@ -85,10 +87,15 @@ class ClusterNode:
         self._functions: dict[str, FunctionInfo] = {}
         self._functions_read = float("-inf")
         self.queue_stats: dict[str, tuple[int, int]] = {}  # fn -> (depth, pending): metrics
+        self._unsubscribe: Callable[[], None] | None = None  # from a manual clock
 
     # starting and stopping ---------------------------------------------------------------
 
     async def start(self) -> None:
+        clock = self._system.clock
+        if clock.is_manual:  # a test's clock: due times in Redis follow it (see keys.clock)
+            await self._pin_clock()
+            self._unsubscribe = clock.subscribe(self._clock_moved)
         for name in self._hooks.served():
             await self.register(name)
         await self._feed.start()
@@ -107,28 +114,36 @@ class ClusterNode:
             spawn(
                 ControlReaderActor,
                 bg,
-                ControlChannel(self.store.conn, self.store.node_id),
+                self._control,
                 self._hooks.stop_requested,
                 name="control-reader",
             ),
         ]
 
+    async def _pin_clock(self) -> None:
+        now_ms = round(self._system.clock.time() * 1000)
+        await self.store.conn.command("SET", self.store.conn.keys.clock, now_ms)
+
+    def _clock_moved(self) -> None:
+        async def pin_then_look() -> None:
+            await self._pin_clock()
+            self._due_soon.set()  # what fell due with the clock's move goes now
+
+        self._background.start(pin_then_look(), "stint-cluster-clock")
+
     async def stop_taking_work(self) -> None:
         """The runtime closes: no more fetching (what this node holds goes on)."""
         if self._loops:
-            fetch = self._loops[0]
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetch
+            await cancel_and_wait(self._loops[0])
 
     async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         for actor in self._actors:
             actor.stop()
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, StoreError):
-                await loop
+        await cancel_and_wait(*self._loops)
+        await self.source.close()
+        await self._control.close()
         await self._feed.close()
 
     # functions ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from ..errors import StoreError
+from ..loop import cancel_and_wait
 from ..stores.redis.client import Backoff
 from ..stores.redis.queue import Claimed, RedisQueue
 
@@ -36,6 +37,11 @@ class SharedSource:
         self._wanted: dict[str, int] = {}
         self._more = asyncio.Event()  # capacity grew (or a function came): look again now
         self._backoff = Backoff()
+        # The wait for new entries has a connection of its own, and outlives a wake-up by
+        # capacity: it is left running rather than cancelled (see BlockingReader), and
+        # the next wait picks it up. Only closing ends it early, by interrupting it.
+        self._reader = queue.conn.blocking_reader("fetch")
+        self._watch: asyncio.Task[set[str]] | None = None
         self.fetched = 0  #: tasks taken from the cluster's streams (metrics)
 
     def want(self, function: str, free: int) -> None:
@@ -50,6 +56,24 @@ class SharedSource:
 
     async def run(self) -> None:
         """Fetch while there is room; wait while there is none or nothing is queued."""
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._end_watch()
+
+    async def close(self) -> None:
+        """After :meth:`run` ended: release the waiting connection."""
+        await self._end_watch()
+        await self._reader.close()
+
+    async def _end_watch(self) -> None:
+        if self._watch is not None:
+            if not self._watch.done():
+                self._reader.interrupt()
+            await cancel_and_wait(self._watch)
+            self._watch = None
+
+    async def _fetch_loop(self) -> None:
         failures = 0
         while True:
             wanted = {fn: n for fn, n in self._wanted.items() if n > 0}
@@ -87,15 +111,19 @@ class SharedSource:
 
     async def _wait_for_entries(self, last_ids: dict[str, str]) -> None:
         """Until a stream has something new, capacity grows, or a second passes."""
-        waiting = asyncio.ensure_future(self._queue.wait_for_entries(last_ids, _WAIT))
+        if self._watch is None:
+            self._watch = asyncio.ensure_future(
+                self._queue.wait_for_entries(last_ids, _WAIT, reader=self._reader)
+            )
+        # A watch left from an earlier wait looks after older ids: at worst it ends at
+        # once and costs one fetch that finds nothing.
+        watch = self._watch
         more = asyncio.ensure_future(self._more.wait())
         try:
-            await asyncio.wait([waiting, more], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([watch, more], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for future in (waiting, more):
-                if not future.done():
-                    future.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StoreError):
-                        await future
-            if waiting.done() and not waiting.cancelled() and waiting.exception() is not None:
-                await asyncio.sleep(self._backoff.delay(0))
+            await cancel_and_wait(more)
+        if watch.done():
+            self._watch = None
+            if not watch.cancelled() and watch.exception() is not None:
+                await asyncio.sleep(self._backoff.delay(0))  # Redis is away: do not spin

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 
 from runtime import Runtime, StoreError, TaskState
 from runtime.service import create_app
 from tests.conftest import eventually
-from tests.runtime.helpers import until_status
+from tests.runtime.helpers import patch_or_skip, until_status
 from tests.service.conftest import InProcess, problem
 
 INVOKE = "/v1/functions/{}/invocations"
@@ -155,7 +157,8 @@ async def test_an_unreachable_store_is_503(
     async def down() -> None:
         raise StoreError("the store does not answer (test): check the database")
 
-    monkeypatch.setattr(node.rt, "ping_store", down)
+    # the store's own ping: the runtime's code path to it runs for real
+    patch_or_skip(monkeypatch, node.rt.store, "ping", down)
     response = await node.client.get("/readyz")
     problem(response, 503, "StoreError")
     assert response.headers["retry-after"] == "1"
@@ -450,3 +453,25 @@ async def test_token_guards_every_route_but_healthz(make_runtime: Any) -> None:
 
 async def _greet(event: Any, ctx: Any) -> str:
     return "hi"
+
+
+async def test_a_stopped_redis_makes_readyz_503(
+    make_redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No patching: the store really stops answering, and readiness says so; the
+    cluster's own actors wait the outage out without logging errors."""
+    server = make_redis_server()
+    rt = Runtime(f"{server.url}?prefix=ready", close_timeout=2)
+    await rt.start()
+    try:
+        app = create_app(rt, heartbeat=0.05)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://stint") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            server.stop()
+            response = await client.get("/readyz")
+            assert problem(response, 503, "StoreUnavailableError")["detail"].startswith("Redis at")
+            assert response.headers["retry-after"] == "1"
+    finally:
+        await rt.close()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

@@ -98,6 +98,8 @@ class RedisConnection:
         self.reconnects = 0
         self.connected = False  #: True after a successful call, False after a failed one
         self._down_since: float | None = None
+        self._timeouts = (socket_timeout, connect_timeout)
+        self._client_name = client_name
         self._client = _make_client(options, client_name, socket_timeout, connect_timeout)
         # redis-py leaves execute_command untyped: one typed handle for every call
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
@@ -203,6 +205,11 @@ class RedisConnection:
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
+    def blocking_reader(self, purpose: str) -> BlockingReader:
+        """A connection of its own for one blocking read at a time (see BlockingReader)."""
+        name = f"{self._client_name}-{purpose}" if self._client_name else None
+        return BlockingReader(self, _make_client(self.options, name, *self._timeouts))
+
     # bookkeeping -----------------------------------------------------------------------
 
     def _failed(self, exc: BaseException, what: str) -> StoreError:
@@ -234,6 +241,64 @@ class RedisConnection:
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
+
+
+class ReadInterrupted(Exception):
+    """A blocking read was cut short by :meth:`BlockingReader.interrupt` (not a failure)."""
+
+
+class BlockingReader:
+    """One connection of its own for a blocking read (XREAD BLOCK) that can be cut short.
+
+    Cancelling the task that waits in a redis-py call does not always end the call: a
+    cancel that lands while redis-py sets the call up can be swallowed (redis-py#2028;
+    seen with 8.1), and the call then blocks for its whole block time, holding up
+    whoever waits for it to end (a closing runtime, for one). Closing the connection
+    always ends the call: :meth:`interrupt` does that, and the call raises
+    :class:`ReadInterrupted`; the next call connects again. A connection of its own
+    also keeps a long blocking read from holding one of the pool's.
+    """
+
+    def __init__(self, conn: RedisConnection, client: aioredis.Redis) -> None:
+        self._conn = conn
+        self._client = client
+        self._execute: Callable[..., Awaitable[Any]] = client.execute_command
+        self._interrupted = False
+        self._disconnecting: asyncio.Task[Any] | None = None
+
+    async def command(self, *args: Arg) -> Any:
+        """Run one (blocking) command; failures as :meth:`RedisConnection.command`."""
+        if self._disconnecting is not None:  # an interrupt is still closing the last one
+            await asyncio.wait([self._disconnecting])
+        self._interrupted = False
+        try:
+            result = await self._execute(*args)
+        except (RedisError, OSError) as exc:
+            if self._interrupted:
+                raise ReadInterrupted(str(args[0])) from None
+            raise self._conn._failed(exc, str(args[0])) from None
+        self._conn._succeeded()
+        return result
+
+    def interrupt(self) -> None:
+        """End the call under way now (it raises ReadInterrupted)."""
+        self._interrupted = True
+        if self._disconnecting is None or self._disconnecting.done():
+            pool = self._client.connection_pool
+            self._disconnecting = asyncio.get_running_loop().create_task(pool.disconnect())
+            self._disconnecting.add_done_callback(self._disconnected)
+
+    def _disconnected(self, task: asyncio.Task[Any]) -> None:
+        if self._disconnecting is task:
+            self._disconnecting = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("stint: closing a blocking Redis connection: %r", task.exception())
+
+    async def close(self) -> None:
+        self.interrupt()
+        if self._disconnecting is not None:
+            await asyncio.wait([self._disconnecting])
+        await self._client.aclose()
 
 
 def _is_transient(exc: ResponseError) -> bool:

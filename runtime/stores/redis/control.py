@@ -24,6 +24,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from ...loop import cancel_and_wait
 from .client import MAX_BLOCK, RedisConnection
 from .replies import fields, text
 
@@ -48,11 +49,19 @@ class ControlChannel:
         self.conn = conn
         self.stream = conn.keys.control(node)
         self._last = "0"  # everything not deleted is read again after a restart of the reader
+        self._reader = conn.blocking_reader("control")  # XREAD BLOCK, interruptible
+
+    def interrupt(self) -> None:
+        """End a read under way (it raises ReadInterrupted)."""
+        self._reader.interrupt()
+
+    async def close(self) -> None:
+        await self._reader.close()
 
     async def read(self, timeout: float) -> list[StopRequest]:
         """The next requests, waiting up to ``timeout`` s (capped under the socket timeout)."""
         block_ms = max(1, int(min(timeout, MAX_BLOCK) * 1000))
-        reply = await self.conn.command(
+        reply = await self._reader.command(
             "XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", self.stream, self._last
         )
         requests: list[StopRequest] = []
@@ -106,9 +115,7 @@ class ChangeFeed:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         attempt = 0

@@ -20,7 +20,18 @@ _NODE_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 class RedisKeys:
     """The key names under one prefix (``P`` below stands for ``prefix + ":"``)."""
 
-    __slots__ = ("base", "changed", "due", "ended", "fns", "idx_all", "nodes", "prefix", "streams")
+    __slots__ = (
+        "base",
+        "changed",
+        "clock",
+        "due",
+        "ended",
+        "fns",
+        "idx_all",
+        "nodes",
+        "prefix",
+        "streams",
+    )
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -32,6 +43,9 @@ class RedisKeys:
         self.ended = self.base + "ended"  #: zset expiry ms -> "<fn>\0<status>\0<task id>"
         self.nodes = self.base + "nodes"  #: set of node ids that joined and were not reclaimed
         self.changed = self.base + "changed"  #: pub/sub channel: changed task ids
+        #: string, ms: a test's manual clock, which the scripts then use instead of TIME
+        #: (set only by a runtime built with a ManualClock; never in production)
+        self.clock = self.base + "clock"
 
     def task(self, task_id: str) -> str:
         """Hash: the record blob and its status, function, owner, epoch, stream entry."""

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from . import scripts
-from .client import MAX_BLOCK, RedisConnection
+from .client import MAX_BLOCK, BlockingReader, RedisConnection
 from .keys import GROUP
 from .replies import fields, text
 
@@ -105,7 +105,13 @@ class RedisQueue:
             at += 6 * count
         return Fetched(claimed, last_ids)
 
-    async def wait_for_entries(self, after: Mapping[str, str], timeout: float) -> set[str]:
+    async def wait_for_entries(
+        self,
+        after: Mapping[str, str],
+        timeout: float,
+        *,
+        reader: BlockingReader | None = None,
+    ) -> set[str]:
         """Wait until a stream has an entry after ``after[fn]`` (from ``Fetched.last_ids``).
 
         Returns the functions that have (possibly already taken by another node:
@@ -116,7 +122,8 @@ class RedisQueue:
             return set()
         block_ms = max(1, int(min(timeout, MAX_BLOCK) * 1000))
         streams = [self.keys.stream(function) for function in after]
-        reply = await self.conn.command(
+        calls = self.conn if reader is None else reader  # the latter: a connection of its own
+        reply = await calls.command(
             "XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *after.values()
         )
         if not reply:

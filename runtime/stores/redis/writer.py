@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import StoreError
+from ...loop import cancel_and_wait
 from . import scripts
 from .client import Backoff, StoreUnavailableError
 from .records import (
@@ -183,9 +184,7 @@ class RecordWriter:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         return self.pending
 
     async def _drain(self) -> None:
