@@ -566,13 +566,16 @@ class Runtime:
                 check_task_id(task_id)
             if delay is not None:
                 _check_delay(delay, config.max_delay, name)
+            assert self._cluster is not None
+            self._cluster.store.queue_limits[name] = config.max_queued
             record = await self._store_new(name, data, task_id, note, delay)
         except StintError as error:
             self._count_rejected(name, error)
             raise
         metrics = self._metrics.get(name)
-        if metrics is not None:
+        if metrics is not None:  # the node that stores a task counts its entry in Enqueued
             metrics.submitted += 1
+            metrics.entered[_ENQUEUED] += 1
         if delay and self._cluster is not None:
             self._cluster.node.due_soon()
         return record.task_id
@@ -589,9 +592,10 @@ class Runtime:
             return entry.spec.config
         info = await self._cluster.node.function(name)
         if info is None:
+            known = ", ".join(sorted(self._functions)) or "none"
             raise FunctionNotFoundError(
-                f"no node of the cluster has registered a function named {name!r}; register "
-                "it on a node first"
+                f"no node of the cluster has registered a function named {name!r} (registered "
+                f"on this node: {known}); register it on a node first"
             )
         return config_from_wire(info.config)
 
@@ -698,6 +702,8 @@ class Runtime:
         """
         self._check_running()
         timeout = _check_timeout(timeout)
+        if name is not None and not isinstance(name, str):
+            raise FunctionNotFoundError(self._not_found(name))
         if self._cluster is not None:
             await self._cluster.join(name, timeout)
             return
@@ -854,18 +860,28 @@ class Runtime:
     async def function_stats(self) -> dict[str, dict[str, Any]]:
         """Per registered function, what an operator looks at first: ``kind``, ``queued``
         (accepted, not yet dequeued), ``running`` (attempts under way), ``unfinished``
-        (every task not terminal) and ``instances`` (a count per instance state)."""
+        (every task not terminal) and ``instances`` (a count per instance state).
+
+        On a shared store, ``queued`` and ``unfinished`` also count the tasks waiting in
+        the cluster's queue that no node has taken yet (read from the store, one round
+        trip); ``running`` and ``instances`` are this node's."""
         self._check_running()
         stats: dict[str, dict[str, Any]] = {}
-        for name, entry in list(self._functions.items()):
+        functions = list(self._functions.items())
+        waiting: dict[str, int] = {}
+        if self._cluster is not None and functions:
+            found = await self._cluster.store.queue.stats(name for name, _ in functions)
+            waiting = {name: queue.depth for name, queue in found.items()}
+        for name, entry in functions:
             assert entry.pool is not None
             infos: builtins.list[InstanceInfo] = await entry.pool.ask(DescribeInstances())
             running: int = await entry.pool.ask(Running())
+            in_cluster = waiting.get(name, 0)
             stats[name] = {
                 "kind": entry.spec.config.kind,
-                "queued": entry.queued,
+                "queued": entry.queued + in_cluster,
                 "running": running,
-                "unfinished": entry.live,
+                "unfinished": entry.live + in_cluster,
                 "instances": dict(Counter(str(info.state) for info in infos)),
             }
         return stats

@@ -31,11 +31,15 @@ def clock() -> ManualClock:
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
-    """Every test that builds its runtime with ``make_runtime`` runs on each store."""
+    """Every test that builds its runtime with ``make_runtime`` runs on each store
+    (Redis: the session's real server, a key prefix of the test's own)."""
     if request.param == "memory":
         return "memory://"
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
     return f"sqlite:///{tmp_path / 'tasks.db'}"
 
 

@@ -11,12 +11,14 @@ is that half of the runtime; the runtime calls it when its store is shared.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 from actors import ActorRef
 
 from ..config import FunctionConfig, FunctionSpec, config_from_wire
+from ..destinations import destination_of, destination_payload, destination_task_id
 from ..errors import (
     RuntimeClosedError,
     StoreError,
@@ -243,6 +245,8 @@ class ClusterTasks:
 
     async def delete_function(self, name: str) -> bool:
         """Remove ``name`` cluster-wide; its queued tasks become Invalid ("function deleted")."""
+        info = await self.node.function(name)  # its settings, before they go
+        config = config_from_wire(info.config) if info is not None else FunctionConfig()
         existed = await self.store.functions.delete(name)
         reason = f"function {name!r} was deleted"
         while True:
@@ -263,9 +267,27 @@ class ClusterTasks:
                 invalid.ended_at = now
                 invalid._events.append((NAME[S.INVALID], now, reason))
                 flags = scripts.FINAL | scripts.UNQUEUE
-                await self.store.transition_now(_cas(stored, "Invalid", invalid, flags))
+                if (await self.store.transition_now(_cas(stored, "Invalid", invalid, flags))).ok:
+                    await self._destination(invalid, stored, config)
             if all(s.status == "Retrying" for s in found):
                 return existed
+
+    async def _destination(
+        self, record: TaskRecord, stored: StoredRecord, config: FunctionConfig
+    ) -> None:
+        """A task this node ended outside any task actor (deleted with its function): its
+        on_failure destination, as a task actor would invoke it, told in one more event
+        (the Invalid write came first, so a task another node took meanwhile gets none)."""
+        key, target = destination_of(record, config.on_success, config.on_failure)
+        if target is None:
+            return
+        task_id = destination_task_id(record, key)
+        said = self.rt._invoke_destination(
+            target, task_id, destination_payload(record), record.task_id
+        )
+        record._events.append((NAME[S.INVALID], self.rt.clock.time(), f"{key}: {said}"))
+        written = dataclasses.replace(stored, status="Invalid")
+        await self.store.transition_now(_cas(written, "Invalid", record, scripts.FINAL))
 
     # what other nodes and Redis say --------------------------------------------------------
 
@@ -281,21 +303,32 @@ class ClusterTasks:
     def refused(self, task_id: str, item: Transition, result: WriteResult) -> None:
         """Redis refused a write of a task this node holds."""
         if result.code is WriteCode.CONFLICT:
-            if result.detail == "Stopping" and is_terminal_name(item.new_status):
-                self._finish_remote_stop(task_id, item)
-            return  # a stop from elsewhere: the control message brings it to the actor
+            if result.detail == "Stopping":
+                ref = self.rt._live.get(task_id)
+                held = ref is not None and ref.is_alive
+                if is_terminal_name(item.new_status) or not held:
+                    # No actor here will act on the stop (its attempt ended, or it gave
+                    # the task back for a retry): this node, still the owner, ends it.
+                    self._finish_remote_stop(task_id, item)
+            return  # else a stop from elsewhere: the control message brings it to the actor
         self._drop_local(task_id)  # fenced (reclaimed meanwhile) or gone: not ours any more
 
     def _finish_remote_stop(self, task_id: str, item: Transition) -> None:
-        """The task ended here as a stop asked elsewhere reached Redis first: Stopped wins."""
+        """A stop asked elsewhere reached Redis before this node's write ``item``: Stopped
+        wins, by way of Stopping (the path stays one the lifecycle allows)."""
         record = self.store.unpack(item.blob)
         if record is None or item.new_status == "Stopped":
             return
         now = self.rt.clock.time()
-        ended = item.new_status
+        moved = item.new_status
+        if is_terminal_name(moved) and record._events and record._events[-1][0] == moved:
+            record._events.pop()  # the attempt's end is told in the Stopped event instead
+            detail = f"the attempt had ended ({moved}) when the stop requested elsewhere arrived"
+        else:
+            detail = f"stopped while {moved} (the stop requested elsewhere arrived first)"
+        record._events.append((NAME[S.STOPPING], now, "stop requested by another node"))
         record.status = S.STOPPED
         record.ended_at = now
-        detail = f"the attempt had ended ({ended}) when the stop requested elsewhere arrived"
         record._events.append((NAME[S.STOPPED], now, detail))
         self.store.writer.put(task_id, "Stopped", record, scripts.FINAL)
 

@@ -104,7 +104,7 @@ async def test_register_before_start_runs_after_start() -> None:
 
 async def test_unknown_function_stores_nothing(make_runtime: RuntimeFactory) -> None:
     rt = await make_runtime()
-    with pytest.raises(FunctionNotFoundError, match="register it first"):
+    with pytest.raises(FunctionNotFoundError, match="register it"):
         await rt.invoke("nope")
     assert await rt.list() == []
 

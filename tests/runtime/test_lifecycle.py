@@ -173,7 +173,11 @@ async def test_invalid_when_initializer_times_out(make_runtime: RuntimeFactory) 
     assert "did not finish within 0.05 s" in record.events[-1].detail
 
 
-async def test_invalid_when_unregistered_while_queued(make_runtime: RuntimeFactory) -> None:
+async def test_invalid_when_unregistered_while_queued(
+    make_runtime: RuntimeFactory, store_url: str
+) -> None:
+    if store_url.startswith("redis"):
+        pytest.skip("a cluster keeps them for other nodes: the test below")
     rt = await make_runtime()
     gate = Gate()
 
@@ -191,6 +195,30 @@ async def test_invalid_when_unregistered_while_queued(make_runtime: RuntimeFacto
     assert "unregistered" in record.events[-1].detail
     gate.open()
     assert (await rt.wait(running, timeout=5)).status is S.SUCCEEDED  # running ones finish
+
+
+async def test_unregister_on_a_cluster_leaves_tasks_for_other_nodes(
+    make_runtime: RuntimeFactory, store_url: str
+) -> None:
+    # On a shared store a function belongs to the cluster: unregister only stops this
+    # node serving it (its queued tasks wait for another node); delete_function removes
+    # it everywhere and makes them Invalid.
+    if not store_url.startswith("redis"):
+        pytest.skip("a store of one process: unregister makes queued tasks Invalid (above)")
+    rt = await make_runtime()
+    gate = Gate()
+    rt.register("blocking", gate.handler, max_instances=1)
+    running = await rt.invoke("blocking")
+    await until_status(rt, running, S.RUNNING)
+    queued = await rt.invoke("blocking")
+    rt.unregister("blocking")
+    gate.open()
+    assert (await rt.wait(running, timeout=5)).status is S.SUCCEEDED
+    assert (await rt.get(queued)).status is S.ENQUEUED  # waiting for a node that serves it
+    await rt.delete_function("blocking")
+    record = await rt.wait(queued, timeout=5)
+    assert statuses(record) == ["Enqueued", "Dequeued", "Invalid"]
+    assert "deleted" in record.events[-1].detail
 
 
 # --- stop, from every state that allows it ---------------------------------------------

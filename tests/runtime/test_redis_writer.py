@@ -259,3 +259,54 @@ async def test_close_waits_for_the_batch_under_way(redis_url: str) -> None:
         await batcher.close()
         assert future.done() and future.result() is InvokeCode.STORED
         assert batcher._task is None
+
+
+class RepliesLate:
+    """A RecordStore whose transition replies reach the writer only when let go (as when
+    another connection's reply is read first): the writes themselves are applied."""
+
+    def __init__(self, records: Any) -> None:
+        self._records = records
+        self.applied = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._records, name)
+
+    async def transition(self, items: Any, *, node: str) -> Any:
+        results = await self._records.transition(items, node=node)
+        self.applied.set()
+        await self.go.wait()
+        return results
+
+
+async def test_a_task_taken_again_before_its_release_is_settled_stays_held(
+    redis_url: str,
+) -> None:
+    # A retry gives the task back (RELEASE) and the node's fetch can take it again and
+    # be answered before the writer's batch is: settling the release then dropped the
+    # new ownership, and every later write of the task was "not held" (it never ended).
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        refused: list[Refusal] = []
+        late = RepliesLate(a.records)
+
+        def on_refused(task_id: str, item: Transition, result: WriteResult) -> None:
+            refused.append((task_id, item.new_status, result.code, result.detail))
+
+        writer = RecordWriter(late, "a", pack=str.encode, on_refused=on_refused)  # type: ignore[arg-type]
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Retrying", "rec-retrying", ACK | RELEASE)
+        writing = asyncio.ensure_future(writer.flush())
+        await late.applied.wait()  # released in Redis; the reply not read yet
+        [again] = await a.fetch("f", 1)
+        writer.own("t1", again.epoch, again.status)
+        late.go.set()
+        await writing
+        assert writer.ownership("t1") == (again.epoch, again.status)
+        writer.put("t1", "Succeeded", "rec-done", ACK | FINAL)
+        await writer.flush()
+        assert await status_of(a, "t1") == ("Succeeded", b"rec-done") and refused == []
+        await writer.close()

@@ -211,10 +211,16 @@ async def test_close_accounts_for_every_unfinished_task(
     queued = await rt.invoke("fn")
     await until_status(rt, running, S.RUNNING)
     await rt.close()
+    text = caplog.text
+    if store_url.startswith("redis"):
+        # The queued task waits in the cluster's queue, not on this node: it is not this
+        # node's to account for; the one it ran is left for the other nodes to reclaim.
+        assert rt.close_unfinished == {"Running": 1}
+        assert "1 unfinished task(s)" in text and "reclaim" in text
+        return
     assert rt.close_unfinished == {"Running": 1, "Dequeued": 0, "Enqueued": 1} or (
         rt.close_unfinished.get("Running") == 1 and sum(rt.close_unfinished.values()) == 2
     )
-    text = caplog.text
     assert "2 unfinished task(s)" in text
     if store_url.startswith("memory"):
         assert "lost" in text

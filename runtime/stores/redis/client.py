@@ -104,6 +104,7 @@ class RedisConnection:
         # redis-py leaves execute_command untyped: one typed handle for every call
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self._closed = False
+        self._readers: set[BlockingReader] = set()  # closed with the connection
 
     @property
     def client(self) -> aioredis.Redis:
@@ -121,8 +122,12 @@ class RedisConnection:
             )
 
     async def close(self) -> None:
+        """Close the pool and every blocking reader made from it (one left open would keep
+        a socket, and a read under way, past the loop that owns them)."""
         if not self._closed:
             self._closed = True
+            for reader in list(self._readers):
+                await reader.close()
             await self._client.aclose()
 
     async def wait_until_up(self, timeout: float | None = None) -> None:
@@ -208,7 +213,9 @@ class RedisConnection:
     def blocking_reader(self, purpose: str) -> BlockingReader:
         """A connection of its own for one blocking read at a time (see BlockingReader)."""
         name = f"{self._client_name}-{purpose}" if self._client_name else None
-        return BlockingReader(self, _make_client(self.options, name, *self._timeouts))
+        reader = BlockingReader(self, _make_client(self.options, name, *self._timeouts))
+        self._readers.add(reader)
+        return reader
 
     # bookkeeping -----------------------------------------------------------------------
 
@@ -295,6 +302,7 @@ class BlockingReader:
             logger.debug("stint: closing a blocking Redis connection: %r", task.exception())
 
     async def close(self) -> None:
+        self._conn._readers.discard(self)
         self.interrupt()
         if self._disconnecting is not None:
             await asyncio.wait([self._disconnecting])
@@ -336,7 +344,8 @@ def _make_client(
         common["maint_notifications_config"] = _MaintConfig(enabled=False)
     if options.unix_path is not None:
         common.pop("maint_notifications_config", None)  # set by redis-py for sockets
-        return aioredis.Redis(unix_socket_path=options.unix_path, **common)
+        wait = socket_timeout + connect_timeout
+        return _queueing(aioredis.Redis(unix_socket_path=options.unix_path, **common), wait)
     if options.tls:
         common.update(
             ssl_ca_certs=options.ssl_ca_certs,
@@ -345,10 +354,37 @@ def _make_client(
             ssl_cert_reqs=options.ssl_cert_reqs,
             ssl_check_hostname=options.ssl_cert_reqs == "required",
         )
-    return aioredis.Redis(
-        host=options.host or "localhost",
-        port=options.port,
-        ssl=options.tls,
-        socket_connect_timeout=connect_timeout,
-        **common,
+    return _queueing(
+        aioredis.Redis(
+            host=options.host or "localhost",
+            port=options.port,
+            ssl=options.tls,
+            socket_connect_timeout=connect_timeout,
+            **common,
+        ),
+        socket_timeout + connect_timeout,
+        common.get("maint_notifications_config"),
     )
+
+
+#: Connections one pool opens at most; callers beyond that wait for one to be free.
+MAX_CONNECTIONS = 64
+
+
+def _queueing(client: aioredis.Redis, wait: float, maint: Any = None) -> aioredis.Redis:
+    """``client`` on a pool where a caller waits (up to ``wait`` s) for a free connection.
+
+    redis-py's default pool raises ``MaxConnectionsError`` at once when every connection
+    is busy: a burst of a few hundred concurrent ``stop`` or ``get`` calls would fail
+    with a false "Redis is unreachable". Its BlockingConnectionPool queues them instead,
+    with the same connection settings (the client built them from the URL)."""
+    built = client.connection_pool
+    extra = {} if maint is None else {"maint_notifications_config": maint}
+    pool = aioredis.BlockingConnectionPool(
+        connection_class=built.connection_class,
+        max_connections=MAX_CONNECTIONS,
+        timeout=wait,
+        **extra,
+        **built.connection_kwargs,
+    )
+    return aioredis.Redis.from_pool(pool)

@@ -35,6 +35,7 @@ class InvokeCode(enum.IntEnum):
     STORED = 1
     EXISTS = 2  #: a record with this id exists: nothing was changed
     NO_FUNCTION = 3  #: no node ever registered the function (or it was deleted)
+    QUEUE_FULL = 4  #: the function's stream already holds ``max_queued`` undelivered entries
 
 
 class WriteCode(enum.IntEnum):
@@ -56,6 +57,7 @@ class NewTask:
     created_at: float
     blob: bytes
     delay_ms: int | None = None
+    max_queued: int = 0  #: refuse it (QUEUE_FULL) if this many wait undelivered; 0: no limit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,7 +136,14 @@ class RecordStore:
         calls: builtins.list[tuple[str, bytes]] = []
         for start in range(0, len(tasks), BATCH):
             items = [
-                (t.task_id, t.function, repr(t.created_at), t.blob, _delay(t.delay_ms))
+                (
+                    t.task_id,
+                    t.function,
+                    repr(t.created_at),
+                    t.blob,
+                    _delay(t.delay_ms),
+                    t.max_queued,
+                )
                 for t in tasks[start : start + BATCH]
             ]
             calls.append((self.keys.base, _pack(items)))

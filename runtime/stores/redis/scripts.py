@@ -102,6 +102,23 @@ local function push(fn, id)
   return redis.call('XADD', q, '*', 't', id)
 end
 
+-- Entries of fn's stream not yet delivered to any node (counting stops at cap + 1).
+local function queue_depth(fn, cap)
+  local q = qkey(fn)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', q)
+  for _, g in ipairs(ok and groups or {}) do
+    local info = {}
+    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+    if info['name'] == GROUP then
+      if info['lag'] then return info['lag'] end
+      -- deletions hide the lag: count what follows the last delivered entry
+      local after = '(' .. info['last-delivered-id']
+      return #redis.call('XRANGE', q, after, '+', 'COUNT', cap + 1)
+    end
+  end
+  return 0
+end
+
 -- The stream entry eid (of task id) was delivered to node: take the task if it may.
 -- Returns {id, eid, epoch, status, rec, previous owner} or nil. Rules:
 --   record gone, entry stale (not the record's current one) or task finished: drop the entry;
@@ -132,23 +149,30 @@ local function append(out, item)
 end
 """
 
-# ARGV: P, items: a msgpack array of [id, fn, created, blob, delay_ms ("" = queue now)].
-# Returns one code per item: 1 stored, 2 the id exists, 3 the function is not registered.
+# ARGV: P, items: a msgpack array of [id, fn, created, blob, delay_ms ("" = queue now),
+# max_queued (0 = no limit)].
+# Returns one code per item: 1 stored, 2 the id exists, 3 the function is not registered,
+# 4 the function's queue already holds max_queued entries not yet delivered.
 INVOKE_BATCH = r"""
 local out, changed = {}, {}
 local fns = P .. 'fns'
 local now = nil
+local depths = {}  -- per function, read once per call and counted up as tasks are queued
 for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
-  local id, fn, created, blob, due = item[1], item[2], item[3], item[4], item[5]
+  local id, fn, created, blob, due, cap = item[1], item[2], item[3], item[4], item[5], item[6]
   local key = tkey(id)
+  if cap > 0 and due == '' and depths[fn] == nil then depths[fn] = queue_depth(fn, cap) end
   if redis.call('EXISTS', key) == 1 then
     out[#out + 1] = 2
   elseif redis.call('SISMEMBER', fns, fn) == 0 then
     out[#out + 1] = 3
+  elseif cap > 0 and due == '' and depths[fn] >= cap then
+    out[#out + 1] = 4
   else
     local sid = ''
     if due == '' then
       sid = push(fn, id)
+      if depths[fn] then depths[fn] = depths[fn] + 1 end
     else
       now = now or now_ms()
       redis.call('ZADD', P .. 'due', now + tonumber(due), fn .. SEP .. id)

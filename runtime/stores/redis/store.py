@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from actors import Clock
 
-from ...errors import FunctionNotFoundError, StoreError, TaskExistsError
+from ...errors import FunctionNotFoundError, QueueFullError, StoreError, TaskExistsError
 from ...listing import Query
 from ...record import TaskRecord
 from ...states import NAME, TERMINAL, TaskState
@@ -73,6 +73,8 @@ class RedisStore:
         )
         self.functions = FunctionRegistry(self.conn, node_id)
         self._held: dict[str, TaskRecord] = {}  # tasks this node holds: their freshest copy
+        #: each function's ``max_queued`` as the invoking runtime knows it (set before add)
+        self.queue_limits: dict[str, int] = {}
         #: told of writes Redis refused (set by the runtime's cluster node)
         self.on_refused: Refused | None = None
 
@@ -117,9 +119,11 @@ class RedisStore:
         delay_ms = None
         if record.due_at is not None:
             delay_ms = max(0, round((record.due_at - record.created_at) * 1000))
-        task = NewTask(record.task_id, record.function, record.created_at, pack_record(record))
-        if delay_ms:
-            task = NewTask(task.task_id, task.function, task.created_at, task.blob, delay_ms)
+        limit = self.queue_limits.get(record.function, 0)
+        blob = pack_record(record)
+        task = NewTask(
+            record.task_id, record.function, record.created_at, blob, delay_ms or None, limit
+        )
         return self._added(record, self.invokes.add(task))
 
     async def _added(self, record: TaskRecord, pending: Awaitable[InvokeCode]) -> None:
@@ -128,6 +132,13 @@ class RedisStore:
             raise TaskExistsError(
                 f"a task with id {record.task_id!r} already exists in the cluster; pick another "
                 "id, or omit task_id to get a generated one"
+            )
+        if code is InvokeCode.QUEUE_FULL:
+            limit = self.queue_limits.get(record.function, 0)
+            raise QueueFullError(
+                f"function {record.function!r} already has {limit} tasks waiting in the "
+                f"cluster (max_queued={limit}); retry later, add capacity (more nodes, "
+                "max_instances, concurrency) or raise max_queued"
             )
         if code is InvokeCode.NO_FUNCTION:
             raise FunctionNotFoundError(

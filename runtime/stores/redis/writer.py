@@ -241,9 +241,16 @@ class RecordWriter:
     def _settle(self, batch: list[Transition], results: list[WriteResult]) -> None:
         for item, result in zip(batch, results, strict=True):
             task_id = item.task_id
+            owned = self._owned.get(task_id)
+            if owned is not None and owned.epoch != item.expect_epoch:
+                # This node gave the task up with this write and has taken it again since
+                # (its fetch answered before this batch did): the outcome of the old
+                # epoch's write says nothing about the task it holds now.
+                if result.ok:
+                    self.written += 1
+                continue
             if result.ok:
                 self.written += 1
-                owned = self._owned.get(task_id)
                 if item.flags & _GIVE_UP:
                     self._owned.pop(task_id, None)
                 elif owned is not None:
@@ -252,7 +259,6 @@ class RecordWriter:
             self._dirty.pop(task_id, None)
             if result.code is WriteCode.CONFLICT:
                 self.conflicts += 1
-                owned = self._owned.get(task_id)
                 if owned is not None:  # what Redis has now: a new put starts from it
                     owned.status = result.detail
             else:
