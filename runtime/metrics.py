@@ -194,6 +194,21 @@ def rejection_reason(error: StintError) -> str | None:
     return None
 
 
+class ClusterReading(NamedTuple):
+    """A cluster node's numbers (``redis://`` store only), copied with the rest."""
+
+    #: function -> (depth, pending) as Redis last showed them (every function of the cluster)
+    queues: dict[str, tuple[int, int]]
+    tasks_reclaimed: int  #: tasks this node took over from dead nodes
+    nodes_reclaimed: int  #: dead nodes this node reclaimed to the end
+    fenced_writes: int  #: this node's late writes refused: the task was reclaimed meanwhile
+    reconnects: int  #: times Redis answered again after this node lost it
+
+
+#: A runtime on a ``redis://`` store that has not joined its cluster yet.
+NO_CLUSTER_YET = ClusterReading({}, 0, 0, 0, 0)
+
+
 class Reading(NamedTuple):
     """One runtime's numbers, copied on the loop in one go; families are built from it."""
 
@@ -202,6 +217,7 @@ class Reading(NamedTuple):
     unknown_rejected: Counter[str]
     dead_letters: int
     actor_failures: int
+    cluster: ClusterReading | None  #: None: not a cluster node (a local store)
 
 
 class StintCollector(Collector):
@@ -214,8 +230,11 @@ class StintCollector(Collector):
         system: Callable[[], ActorSystem | None],
         version: str,
         unknown_rejected: Counter[str],
+        *,
+        cluster: Callable[[], ClusterReading | None] = lambda: None,
     ) -> None:
         self._functions = functions
+        self._cluster = cluster
         self._unknown_rejected = unknown_rejected
         self._queued = queued
         self._system = system
@@ -247,6 +266,7 @@ class StintCollector(Collector):
             self._unknown_rejected.copy(),
             system.dead_letters if system else 0,
             system.failure_count if system else 0,
+            self._cluster(),
         )
 
     def _families(self, reading: Reading) -> list[Metric]:
@@ -264,7 +284,10 @@ class StintCollector(Collector):
             "stint_actor_failures", "Exceptions raised by runtime actors (each one is a stint bug)."
         )
         failures.add_metric([], reading.actor_failures)
-        return [*out, dead, failures]
+        out += [dead, failures]
+        if reading.cluster is not None:
+            out += _cluster_families(reading.cluster)
+        return out
 
     def _build_info(self) -> Metric:
         # A gauge, not an InfoMetricFamily: that one is typed "info" in OpenMetrics and
@@ -380,3 +403,37 @@ def _rejected_family(functions: dict[str, FunctionMetrics], unknown: Counter[str
     for reason, count in unknown.items():
         rejected.add_metric([UNKNOWN_FUNCTION, reason], count)
     return rejected
+
+
+def _cluster_families(cluster: ClusterReading) -> list[Metric]:
+    """What a node of a cluster adds (docs/metrics.md, "Cluster metrics")."""
+    depth = GaugeMetricFamily(
+        "stint_cluster_queue_depth",
+        "Tasks in the function's Redis stream that no node has taken yet (the whole cluster's).",
+        labels=["function"],
+    )
+    pending = GaugeMetricFamily(
+        "stint_cluster_queue_pending",
+        "Tasks taken from the function's Redis stream by some node and not yet finished.",
+        labels=["function"],
+    )
+    for name, (queued, taken) in sorted(cluster.queues.items()):
+        depth.add_metric([name], queued)
+        pending.add_metric([name], taken)
+    counters = (
+        ("stint_cluster_tasks_reclaimed", "Tasks this node took over from dead nodes.",
+         cluster.tasks_reclaimed),
+        ("stint_cluster_nodes_reclaimed", "Dead nodes this node reclaimed to the end.",
+         cluster.nodes_reclaimed),
+        ("stint_cluster_fenced_writes",
+         "This node's task writes Redis refused because another node had reclaimed the task.",
+         cluster.fenced_writes),
+        ("stint_store_reconnects", "Times Redis answered again after this node lost it.",
+         cluster.reconnects),
+    )  # fmt: skip
+    out: list[Metric] = [depth, pending]
+    for name, documentation, count in counters:
+        family = CounterMetricFamily(name, documentation)
+        family.add_metric([], count)
+        out.append(family)
+    return out

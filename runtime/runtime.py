@@ -60,7 +60,9 @@ from .messages import (
     Wake,
 )
 from .metrics import (
+    NO_CLUSTER_YET,
     UNKNOWN_REJECT_REASONS,
+    ClusterReading,
     FunctionMetrics,
     StintCollector,
     rejection_reason,
@@ -167,6 +169,7 @@ class Runtime:
             lambda: self._system,
             _version(),
             self._unknown_rejected,
+            cluster=self._cluster_reading,
         )
         #: This runtime's own registry: two runtimes in one process never collide.
         self.metrics_registry = CollectorRegistry(auto_describe=True)
@@ -260,6 +263,12 @@ class Runtime:
 
         assert isinstance(self._store, RedisStore)
         return ClusterTasks(self, self._store)
+
+    def _cluster_reading(self) -> ClusterReading | None:
+        """The cluster's numbers for a scrape: None on a local store (no cluster families)."""
+        if self._cluster is not None:
+            return self._cluster.reading()
+        return NO_CLUSTER_YET if self._store.shared else None
 
     def _function_config(self, name: str) -> bytes:
         """What the cluster's registry keeps of a function this node serves."""

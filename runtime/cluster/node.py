@@ -203,8 +203,9 @@ class ClusterNode:
             await asyncio.sleep(_STATS_EVERY)
             since_sweep += _STATS_EVERY
             try:
-                served = self._hooks.served()
-                stats = await self.store.queue.stats(served)
+                # every function of the cluster: a queue no node serves is the one to see
+                known = await self.store.functions.names()
+                stats = await self.store.queue.stats(sorted({*known, *self._hooks.served()}))
                 self.queue_stats = {fn: (s.depth, s.pending) for fn, s in stats.items()}
                 if since_sweep >= _SWEEP_EVERY:
                     since_sweep = 0.0

@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..instances.base import NOT_DECODED
 from ..messages import Recover, Wake
-from ..metrics import FunctionMetrics
+from ..metrics import ClusterReading, FunctionMetrics
 from ..record import TaskRecord
 from ..registry import FunctionEntry
 from ..states import NAME, TaskState
@@ -76,6 +76,17 @@ class ClusterTasks:
             ),
         )
         store.on_refused = self.refused
+
+    def reading(self) -> ClusterReading:
+        """This node's cluster numbers for a scrape (docs/metrics.md, "Cluster metrics")."""
+        node, store = self.node, self.store
+        return ClusterReading(
+            dict(node.queue_stats),
+            node.reclaimer.reclaimed,
+            node.reclaimer.nodes_reclaimed,
+            store.writer.fenced,
+            store.conn.reconnects,
+        )
 
     # tasks this node is given ------------------------------------------------------------
 
