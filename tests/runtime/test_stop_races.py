@@ -146,6 +146,7 @@ async def test_a_normal_stop_counts_the_stopped_attempt_and_no_dead_letter(
     rt.register("fn", gate.handler)
     task_id = await rt.invoke("fn")
     await until_status(rt, task_id, S.RUNNING)
+    await eventually(lambda: gate.entered == 1)  # Running comes a turn before the handler
     await rt.stop(task_id)
     await eventually(lambda: gate.cancelled == 1)
     await asyncio.sleep(0.02)  # let the cancelled attempt report, if it were to
