@@ -23,12 +23,13 @@ import msgpack
 
 from .errors import StintError
 
-PROTOCOL = "stint-worker/2"
+PROTOCOL = "stint-worker/3"
 MAX_FRAME = 64 * 1024 * 1024  # bytes in one frame, header excluded
 MAX_VALUE = MAX_FRAME - 1024  # an encoded payload or result, with room for the frame around it
 MAX_NAME = 4096  # ids, function names, import paths (all far shorter in practice)
 MAX_TEXT = 1024 * 1024  # each string of an error (type, message, traceback); the worker clips
 MAX_ID = 2**63 - 1  # attempt ids (a per-worker counter from 1)
+MAX_TYPES = 64  # qualified class names in an ERROR frame (an error's MRO; the worker clips)
 _HEADER = struct.Struct(">I")
 
 # parent -> worker
@@ -84,6 +85,18 @@ def _optional(field: Field) -> Field:
 
 def _one_of(name: str, choices: tuple[str, ...]) -> Field:
     return Field(name, lambda v: type(v) is str and v in choices, f"one of {choices}")
+
+
+def _str_tuple(name: str, count: int, limit: int) -> Field:
+    return Field(
+        name,
+        lambda v: (
+            type(v) is tuple
+            and len(v) <= count
+            and all(type(s) is str and len(s) <= limit for s in v)
+        ),
+        f"a list of <= {count} str of <= {limit} chars",
+    )
 
 
 def _is_error_info(value: Any) -> bool:
@@ -153,7 +166,9 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
         Field("seconds", lambda v: type(v) is float and 0.0 <= v < 1e9, "a float in [0, 1e9)"),
     ),
     RESULT: (_ATTEMPT_ID, Field("result", is_value, f"one msgpack value of <= {MAX_VALUE} bytes")),
-    ERROR: (_ATTEMPT_ID, _ERROR, Field("retryable", lambda v: type(v) is bool, "a bool")),
+    # types: the qualified names of the error's classes, most derived first; the parent
+    # applies the function's retry policy to them (config.FunctionConfig.is_retryable_name)
+    ERROR: (_ATTEMPT_ID, _ERROR, _str_tuple("types", MAX_TYPES, MAX_NAME)),
 }
 
 

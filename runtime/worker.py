@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import codec, frames
+from .config import qualified_names
 from .context import InstanceContext, TaskContext
-from .errors import NonRetryableError
 
 PATH_ENV = "STINT_WORKER_SYS_PATH"
 PROTOCOL_EXIT = 2  # the exit code of a worker that read something that is not a frame
@@ -104,6 +104,18 @@ def _error(exc: BaseException) -> tuple[str, str, str]:
     except Exception:
         text = ""
     return (_clip(type(exc).__name__), _clip(message), _clip(text))
+
+
+def error_types(exc: BaseException) -> list[str]:
+    """The qualified names of ``exc``'s classes (its MRO, most derived first) as an ERROR
+    frame carries them: names over the frame's limit are left out (no class the runtime
+    could name is that long), and an MRO over ``frames.MAX_TYPES`` keeps its two ends —
+    the error's own classes and the builtin bases a default policy names."""
+    names = [name for name in qualified_names(exc) if len(name) <= frames.MAX_NAME]
+    if len(names) <= frames.MAX_TYPES:
+        return names
+    half = frames.MAX_TYPES // 2
+    return names[:half] + names[-half:]
 
 
 def _clip(text: str) -> str:
@@ -193,8 +205,7 @@ class Worker:
         except asyncio.CancelledError:
             return  # the parent already counted this attempt as interrupted
         except BaseException as exc:
-            retryable = not isinstance(exc, NonRetryableError)
-            self.send(frames.ERROR, attempt_id, _error(exc), retryable)
+            self.send(frames.ERROR, attempt_id, _error(exc), error_types(exc))
         else:
             self.send(frames.RESULT, attempt_id, data)
         finally:

@@ -160,7 +160,8 @@ class ProcessInstance(Instance):
         if kind == frames.RESULT:
             self._finished(fields[0], fields[1], None, True)
         elif kind == frames.ERROR:
-            attempt_id, error, retryable = fields
+            attempt_id, error, types = fields
+            retryable = self.spec.config.is_retryable_name(types)
             self._finished(attempt_id, None, ErrorInfo(*error), retryable)
         elif kind == frames.HOOK_DONE:
             name, error, seconds = fields

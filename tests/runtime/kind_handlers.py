@@ -74,6 +74,20 @@ async def refuse_async(event: Any, ctx: Any) -> None:
     refuse(event, ctx)
 
 
+class PageMissing(KeyError):
+    """An error class of the handler's module: retry policies name it, or its bases."""
+
+
+def raise_named(event: str, ctx: Any) -> None:
+    """Raises the error ``event`` names: value, key, missing (PageMissing) or refuse."""
+    errors = {"value": ValueError, "key": KeyError, "missing": PageMissing}
+    raise errors.get(event, NonRetryableError)(f"attempt {ctx.attempt}")
+
+
+async def raise_named_async(event: str, ctx: Any) -> None:
+    raise_named(event, ctx)
+
+
 def block(event: Any, ctx: Any) -> str:
     """Runs until the test releases it or the runtime asks it to stop."""
     log(f"run {ctx.task_id} on {ctx.instance.instance_id}")

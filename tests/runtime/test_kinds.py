@@ -97,6 +97,42 @@ async def test_non_retryable(make_runtime: RuntimeFactory, kind: str) -> None:
     assert record.error is not None and record.error.type == "NonRetryableError"
 
 
+POLICIES = {  # a retry policy -> how many attempts each error gets (max_retries=2)
+    "no_retry_on=ValueError": (
+        {"no_retry_on": (ValueError,)},
+        {"value": 1, "key": 3, "missing": 3, "refuse": 1},
+    ),
+    "retry_on=KeyError": (  # PageMissing is a KeyError: matched along its MRO
+        {"retry_on": (KeyError,)},
+        {"value": 1, "key": 3, "missing": 3, "refuse": 1},
+    ),
+    "retry_on=PageMissing": (  # a class of the handler's module
+        {"retry_on": (kh.PageMissing,)},
+        {"value": 1, "key": 1, "missing": 3, "refuse": 1},
+    ),
+    "no_retry_on=LookupError": (
+        {"no_retry_on": (LookupError,)},
+        {"value": 3, "key": 1, "missing": 1, "refuse": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_retry_policy(make_runtime: RuntimeFactory, kind: str, policy: str) -> None:
+    options, attempts = POLICIES[policy]
+    rt = await make(make_runtime)
+    rt.register(
+        "fn", handler(kind, "raise_named"), kind=kind, max_retries=2, retry_backoff=0,
+        max_instances=4, **options,
+    )  # fmt: skip
+    task_ids = {event: await rt.invoke("fn", event) for event in attempts}
+    records = {event: await rt.wait(task_id, timeout=20) for event, task_id in task_ids.items()}
+    assert {event: r.attempts for event, r in records.items()} == attempts
+    assert all(r.status is S.FAILED for r in records.values())
+    assert records["missing"].error is not None
+    assert records["missing"].error.type == "PageMissing"
+
+
 async def test_timeout(make_runtime: RuntimeFactory, kind: str, clock: ManualClock) -> None:
     rt = await make(make_runtime, clock=clock)
     rt.register("fn", handler(kind, "block"), kind=kind, timeout=30, max_retries=0)

@@ -61,7 +61,7 @@ GOOD = {
     frames.LOAD_FAILED: (ERR,),
     frames.HOOK_DONE: ("initializer", None, 0.25),
     frames.RESULT: (1, msgpack.packb({"a": [1, b"x", None], 2: 1.5})),
-    frames.ERROR: (3, ERR, False),
+    frames.ERROR: (3, ERR, ("builtins.ValueError", "builtins.Exception")),
 }
 
 
@@ -87,9 +87,14 @@ BAD = [
     ((frames.RESULT, 1, b"\x01", 3), "has 3 fields, not 2"),
     ((frames.RESULT, 0, b"\x01"), "field 0 (attempt_id)"),
     ((frames.RESULT, True, b"\x01"), "field 0 (attempt_id)"),
-    ((frames.ERROR, 1, (1, 2, 3), True), "field 1 (error)"),
-    ((frames.ERROR, 1, ("a", "b"), True), "field 1 (error)"),
-    ((frames.ERROR, 1, ERR, 1), "field 2 (retryable)"),
+    ((frames.ERROR, 1, (1, 2, 3), ()), "field 1 (error)"),
+    ((frames.ERROR, 1, ("a", "b"), ()), "field 1 (error)"),
+    ((frames.ERROR, 1, ERR, True), "field 2 (types)"),  # the bool of stint-worker/2
+    ((frames.ERROR, 1, ERR, "builtins.ValueError"), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ("builtins.ValueError", 3)), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ({"a": 1},)), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ("x" * (frames.MAX_NAME + 1),)), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ("E",) * (frames.MAX_TYPES + 1)), "field 2 (types)"),
     ((frames.HOOK_DONE, "initializer", None, "0.5"), "field 2 (seconds)"),
     ((frames.HOOK_DONE, "initializer", None, float("nan")), "field 2 (seconds)"),
     ((frames.HOOK_DONE, "teardown", None, 0.5), "field 0 (hook)"),
@@ -107,6 +112,28 @@ BAD = [
 def test_malformed_frames_are_protocol_errors(items: tuple[Any, ...], complaint: str) -> None:
     with pytest.raises(ProtocolError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
         frames.decode(body(raw(frames.PROTOCOL, *items)), frames.FROM_WORKER)
+
+
+def test_an_error_frame_carries_the_mro_clipped_at_both_ends() -> None:
+    class Deep(*(type(f"Base{i}", (Exception,), {}) for i in range(100))):  # type: ignore[misc]
+        pass
+
+    names = worker.error_types(Deep())
+    assert len(names) == frames.MAX_TYPES
+    assert names[0].endswith("Deep") and names[-3:] == [
+        "builtins.Exception",
+        "builtins.BaseException",
+        "builtins.object",
+    ]
+    long = type("L" * frames.MAX_NAME, (KeyError,), {})
+    assert worker.error_types(long()) == [
+        "builtins.KeyError",
+        "builtins.LookupError",
+        "builtins.Exception",
+        "builtins.BaseException",
+        "builtins.object",
+    ]  # a name no frame may carry is left out, not clipped into another name
+    frames.validate(frames.ERROR, (1, ERR, tuple(names)))
 
 
 def test_the_worker_side_checks_the_runtimes_frames() -> None:
@@ -284,8 +311,9 @@ HOSTILE = {
     "ext-type": frames.encode(frames.RESULT, 1, b"\xc7\x00\x05"),
     "list-key": frames.encode(frames.RESULT, 1, b"\x81\x91\x01\x01"),
     "extra-field": frames.encode(frames.RESULT, 1, b"\x01", 3),
-    "error-of-ints": frames.encode(frames.ERROR, 1, (1, 2, 3), True),
-    "retryable-str": frames.encode(frames.ERROR, 1, ERR, "yes"),
+    "error-of-ints": frames.encode(frames.ERROR, 1, (1, 2, 3), ()),
+    "types-str": frames.encode(frames.ERROR, 1, ERR, "yes"),
+    "types-too-many": frames.encode(frames.ERROR, 1, ERR, ["E"] * (frames.MAX_TYPES + 1)),
     "hook-seconds": frames.encode(frames.HOOK_DONE, "pre_stop", None, "soon"),
     "unhashable-kind": raw(frames.PROTOCOL, {"a": 1}),
 }
