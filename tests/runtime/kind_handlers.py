@@ -157,6 +157,19 @@ def exit_hard(event: Any, ctx: Any) -> None:
     os._exit(3)
 
 
+def crash_in_batch(event: str, ctx: Any) -> str:
+    """``quick`` returns at once; ``block`` runs until stopped; ``crash`` runs until the
+    file ``crash`` exists, then ends the worker."""
+    if event == "quick":
+        return "quick"
+    log(f"run {event} {ctx.task_id}")
+    while not (event == "crash" and (_dir() / "crash").exists()):
+        if ctx.stop_requested:
+            return "stopped"
+        time.sleep(0.002)
+    os._exit(3)
+
+
 def chatty(event: Any, ctx: Any) -> str:
     for i in range(200):
         print(f"line {i} of chatter from the handler")

@@ -357,6 +357,25 @@ def spawned() -> list[tuple[int, int]]:
     return [(int(words[1]), int(words[3])) for words in lines]
 
 
+async def test_a_crash_fails_exactly_the_attempts_the_worker_ran(
+    make_runtime: RuntimeFactory, test_dir: pathlib.Path
+) -> None:
+    rt = await make(make_runtime)
+    rt.register(
+        "fn", kh.crash_in_batch, kind="process", max_instances=1, concurrency=4, max_retries=0
+    )
+    events = ["quick", "block", "block", "crash"]
+    task_ids = await asyncio.gather(*(rt.invoke("fn", event) for event in events))
+    assert (await rt.wait(task_ids[0], timeout=20)).status is S.SUCCEEDED
+    await eventually(lambda: len(kh.read_log()) == 3, timeout=20)  # the other three run
+    (test_dir / "crash").touch()
+    records = [await rt.wait(task_id, timeout=20) for task_id in task_ids[1:]]
+    for record in records:
+        assert (record.status, record.attempts) == (S.FAILED, 1)
+        assert record.error is not None and record.error.type == "InstanceCrashedError"
+    assert (await rt.get(task_ids[0])).result == "quick"
+
+
 @pytest.mark.parametrize("how", ["stop", "crash"])
 async def test_a_worker_takes_the_processes_its_handler_started(
     make_runtime: RuntimeFactory, how: str
