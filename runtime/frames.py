@@ -1,7 +1,10 @@
 """The worker protocol: length-prefixed msgpack frames over a dedicated socket.
 
 A frame is a 4-byte big-endian length, then that many bytes: one msgpack array
-``[PROTOCOL, kind, *fields]``. :data:`SCHEMA` declares every kind's fields, in
+``[PROTOCOL, kind, *fields]``, or a batch ``[PROTOCOL, "batch", [kind, *fields], ...]``
+of at most :data:`MAX_BATCH` frames: each side sends what it wrote in one loop turn as
+one batch (:class:`Outbox`), so a busy worker costs one write and one read per turn,
+not per attempt. :data:`SCHEMA` declares every kind's fields, in
 both directions: how many, and each one's type and bound. Both ends read with
 :func:`read`, which decodes with explicit limits and checks the frame against
 the schema, so the code that acts on a frame only ever sees fields of the
@@ -23,12 +26,14 @@ import msgpack
 
 from .errors import StintError
 
-PROTOCOL = "stint-worker/2"
+PROTOCOL = "stint-worker/3"
 MAX_FRAME = 64 * 1024 * 1024  # bytes in one frame, header excluded
 MAX_VALUE = MAX_FRAME - 1024  # an encoded payload or result, with room for the frame around it
 MAX_NAME = 4096  # ids, function names, import paths (all far shorter in practice)
 MAX_TEXT = 1024 * 1024  # each string of an error (type, message, traceback); the worker clips
 MAX_ID = 2**63 - 1  # attempt ids (a per-worker counter from 1)
+MAX_BATCH = 1024  # frames in one batch (each side sends at most `concurrency` per turn)
+MAX_TYPES = 64  # qualified class names in an ERROR frame (an error's MRO; the worker clips)
 _HEADER = struct.Struct(">I")
 
 # parent -> worker
@@ -41,6 +46,7 @@ LOADED, LOAD_FAILED, HOOK_DONE, RESULT, ERROR = (
     "result",
     "error",
 )
+BATCH = "batch"  # either way: several of the frames below in one
 TO_WORKER = frozenset({LOAD, HOOK, RUN, CANCEL, EXIT})
 FROM_WORKER = frozenset({LOADED, LOAD_FAILED, HOOK_DONE, RESULT, ERROR})
 HOOKS = ("initializer", "pre_freeze", "pre_stop")
@@ -84,6 +90,18 @@ def _optional(field: Field) -> Field:
 
 def _one_of(name: str, choices: tuple[str, ...]) -> Field:
     return Field(name, lambda v: type(v) is str and v in choices, f"one of {choices}")
+
+
+def _str_tuple(name: str, count: int, limit: int) -> Field:
+    return Field(
+        name,
+        lambda v: (
+            type(v) is tuple
+            and len(v) <= count
+            and all(type(s) is str and len(s) <= limit for s in v)
+        ),
+        f"a list of <= {count} str of <= {limit} chars",
+    )
 
 
 def _is_error_info(value: Any) -> bool:
@@ -153,7 +171,9 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
         Field("seconds", lambda v: type(v) is float and 0.0 <= v < 1e9, "a float in [0, 1e9)"),
     ),
     RESULT: (_ATTEMPT_ID, Field("result", is_value, f"one msgpack value of <= {MAX_VALUE} bytes")),
-    ERROR: (_ATTEMPT_ID, _ERROR, Field("retryable", lambda v: type(v) is bool, "a bool")),
+    # types: the qualified names of the error's classes, most derived first; the parent
+    # applies the function's retry policy to them (config.FunctionConfig.is_retryable_name)
+    ERROR: (_ATTEMPT_ID, _ERROR, _str_tuple("types", MAX_TYPES, MAX_NAME)),
 }
 
 
@@ -193,15 +213,64 @@ def _describe(value: Any) -> str:
 
 
 def encode(kind: str, *fields: Any) -> bytes:
+    """One frame, header included."""
     body: bytes = _packer.pack((PROTOCOL, kind, *fields))
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes, accept: frozenset[str]) -> tuple[str, tuple[Any, ...]]:
-    """One frame's body -> (kind, fields) checked against :data:`SCHEMA`, or
-    :class:`ProtocolError`. ``accept`` is the kinds this side may receive."""
+_BATCH_HEAD = _packer.pack(PROTOCOL) + _packer.pack(BATCH)
+_BATCH_ROOM = MAX_FRAME - len(_BATCH_HEAD) - 5  # what a batch's frames may take (5: array head)
+
+
+def encode_batch(items: list[bytes]) -> bytes:
+    """A batch of frames packed by :func:`pack` (1 to MAX_BATCH of them), header included."""
+    body = b"".join((_packer.pack_array_header(2 + len(items)), _BATCH_HEAD, *items))
+    return _HEADER.pack(len(body)) + body
+
+
+def pack(kind: str, *fields: Any) -> bytes:
+    """One frame as a batch carries it: the msgpack array ``[kind, *fields]``."""
+    return _packer.pack((kind, *fields))  # type: ignore[no-any-return]
+
+
+class Outbox:
+    """The frames one side writes in a loop turn, sent as one batch at the end of the turn.
+
+    ``add`` packs the frame at once (the caller's values may change after); the first
+    ``add`` of a turn schedules :meth:`flush` with ``call_soon``, so every frame added
+    before the loop next polls goes out in one write, in order. A batch that would pass
+    :data:`MAX_BATCH` frames or :data:`MAX_FRAME` bytes is flushed first.
+    """
+
+    __slots__ = ("_items", "_scheduled", "_size", "_write")
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._items: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
+
+    def add(self, kind: str, *fields: Any) -> None:
+        item = pack(kind, *fields)
+        if self._items and (len(self._items) >= MAX_BATCH or self._size + len(item) > _BATCH_ROOM):
+            self.flush()
+        self._items.append(item)
+        self._size += len(item)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what was added (nothing if nothing was)."""
+        self._scheduled = False
+        if self._items:
+            items, self._items, self._size = self._items, [], 0
+            self._write(encode_batch(items))
+
+
+def _unpack(body: bytes) -> Any:
     try:
-        message = msgpack.unpackb(
+        return msgpack.unpackb(
             body,
             raw=False,
             use_list=False,
@@ -215,22 +284,59 @@ def decode(body: bytes, accept: frozenset[str]) -> tuple[str, tuple[Any, ...]]:
         )
     except Exception as exc:  # whatever the decoder raises, the bytes are not a frame
         raise ProtocolError(f"a frame is not valid msgpack ({exc})") from None
+
+
+def decode(body: bytes, accept: frozenset[str]) -> tuple[str, tuple[Any, ...]]:
+    """One plain frame's body -> (kind, fields) checked against :data:`SCHEMA`, or
+    :class:`ProtocolError`. ``accept`` is the kinds this side may receive."""
+    message = _unpack(body)
+    _check_tag(message)
+    return _checked(message[1], message[2:], accept)
+
+
+def decode_frames(body: bytes, accept: frozenset[str]) -> list[tuple[str, tuple[Any, ...]]]:
+    """A plain frame's or a batch's body -> its frames, each checked as :func:`decode`
+    checks one; a batch of no frames, of more than :data:`MAX_BATCH` or with a bad
+    frame anywhere in it is a :class:`ProtocolError` (none of its frames is acted on)."""
+    message = _unpack(body)
+    _check_tag(message)
+    if message[1] != BATCH:
+        return [_checked(message[1], message[2:], accept)]
+    items = message[2:]
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ProtocolError(f"a batch has {len(items)} frames, not 1 to {MAX_BATCH}")
+    decoded = []
+    for index, item in enumerate(items):
+        if type(item) is not tuple or not item:
+            raise ProtocolError(f"frame {index} of a batch is {_describe(item)}, not a frame")
+        try:
+            decoded.append(_checked(item[0], item[1:], accept))
+        except ProtocolError as exc:
+            raise ProtocolError(f"frame {index} of a batch: {exc}") from None
+    return decoded
+
+
+def _check_tag(message: Any) -> None:
     if type(message) is not tuple or len(message) < 2 or message[0] != PROTOCOL:
         raise ProtocolError(f"a frame does not start with the {PROTOCOL!r} tag")
-    kind = message[1]
-    if type(kind) is not str or kind not in accept:
+
+
+def _checked(
+    kind: Any, fields: tuple[Any, ...], accept: frozenset[str]
+) -> tuple[str, tuple[Any, ...]]:
+    if type(kind) is not str or kind not in accept:  # a batch in a batch is refused here too
         raise ProtocolError(f"unexpected frame kind {_describe(kind)} on this side")
-    fields = message[2:]
     validate(kind, fields)
     return kind, fields
 
 
 async def read(
     reader: asyncio.StreamReader, accept: frozenset[str], max_frame: int = MAX_FRAME
-) -> tuple[str, tuple[Any, ...]]:
-    """Read one frame; ``asyncio.IncompleteReadError`` at a clean end of stream."""
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Read one frame or batch -> its frames; ``asyncio.IncompleteReadError`` at a clean
+    end of stream."""
     header = await reader.readexactly(_HEADER.size)
     (size,) = _HEADER.unpack(header)
     if size > max_frame:
         raise ProtocolError(f"a frame claims {size} bytes, over the {max_frame}-byte limit")
-    return decode(await reader.readexactly(size), accept)
+    return decode_frames(await reader.readexactly(size), accept)

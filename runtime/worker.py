@@ -10,29 +10,33 @@ It speaks frames (``runtime.frames``) on the socket FD it inherits — never on
 stdout or stderr, which user code may print to and the parent forwards to its
 log — and checks every frame it reads against the protocol's schema. It imports
 the handler and hooks by path, runs hooks when told, and runs attempts: async
-handlers as tasks (``concurrency`` of them at once), blocking ones on threads,
-so cancellations are still read while they run.
+handlers as tasks (``concurrency`` of them at once), blocking ones on threads of
+its own (:class:`HandlerThreads`), so cancellations are still read while they run.
+What it answers in one loop turn goes back as one batch of frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib
 import inspect
 import json
 import os
+import queue
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from . import codec, frames
+from .config import qualified_names
 from .context import InstanceContext, TaskContext
-from .errors import NonRetryableError
 
 PATH_ENV = "STINT_WORKER_SYS_PATH"
 PROTOCOL_EXIT = 2  # the exit code of a worker that read something that is not a frame
@@ -106,6 +110,18 @@ def _error(exc: BaseException) -> tuple[str, str, str]:
     return (_clip(type(exc).__name__), _clip(message), _clip(text))
 
 
+def error_types(exc: BaseException) -> list[str]:
+    """The qualified names of ``exc``'s classes (its MRO, most derived first) as an ERROR
+    frame carries them: names over the frame's limit are left out (no class the runtime
+    could name is that long), and an MRO over ``frames.MAX_TYPES`` keeps its two ends —
+    the error's own classes and the builtin bases a default policy names."""
+    names = [name for name in qualified_names(exc) if len(name) <= frames.MAX_NAME]
+    if len(names) <= frames.MAX_TYPES:
+        return names
+    half = frames.MAX_TYPES // 2
+    return names[:half] + names[-half:]
+
+
 def _clip(text: str) -> str:
     if len(text) <= frames.MAX_TEXT:
         return text
@@ -116,14 +132,18 @@ def _clip(text: str) -> str:
 class Worker:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self.outbox = frames.Outbox(writer.write)
         self.handler: Callable[..., Any] | None = None
+        self.threads: HandlerThreads | None = None  # for a blocking handler
         self.hooks: dict[str, Callable[..., Any] | None] = {}
         self.instance: InstanceContext | None = None
-        self.running: dict[int, tuple[asyncio.Task[None], TaskContext]] = {}
+        self.running: dict[int, TaskContext] = {}  # attempt id -> context, until answered
+        self.tasks: dict[int, asyncio.Task[None]] = {}  # an async handler's attempts
         self.hooks_running: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
 
     def send(self, kind: str, *fields: Any) -> None:
-        self.writer.write(frames.encode(kind, *fields))
+        """Queue a frame: what is answered in one loop turn goes out as one batch."""
+        self.outbox.add(kind, *fields)
 
     def handle(self, kind: str, fields: tuple[Any, ...]) -> bool:
         """Act on one frame (checked against the schema already); False when told to exit."""
@@ -135,21 +155,17 @@ class Worker:
         instance = self.instance
         if instance is None:
             raise frames.ProtocolError(f"a {kind!r} frame came before the 'load' frame")
-        loop = asyncio.get_running_loop()
-        if kind == frames.HOOK:
-            hook = loop.create_task(self.hook(fields[0], instance))
+        if kind == frames.RUN:
+            attempt_id, payload, task_id, function, number, deadline = fields
+            self.run(
+                attempt_id, payload, TaskContext(task_id, function, number, deadline, instance)
+            )
+        elif kind == frames.CANCEL:
+            self.cancel(fields[0])
+        elif kind == frames.HOOK:
+            hook = asyncio.get_running_loop().create_task(self.hook(fields[0], instance))
             self.hooks_running.add(hook)
             hook.add_done_callback(self.hooks_running.discard)
-        elif kind == frames.RUN:
-            attempt_id, payload, task_id, function, number, deadline = fields
-            context = TaskContext(task_id, function, number, deadline, instance)
-            task = loop.create_task(self.run(attempt_id, payload, context))
-            self.running[attempt_id] = (task, context)
-        elif kind == frames.CANCEL:
-            found = self.running.get(fields[0])
-            if found is not None:
-                found[1].request_stop()
-                found[0].cancel()
         return True
 
     def load(self, instance_id: str, function: str, handler: str, *hooks: str | None) -> None:
@@ -165,6 +181,8 @@ class Worker:
         except BaseException as exc:
             self.send(frames.LOAD_FAILED, _error(exc))
             return
+        if not inspect.iscoroutinefunction(self.handler):
+            self.threads = HandlerThreads(self.handler, self.finished)
         self.send(frames.LOADED, os.getpid())
 
     async def hook(self, name: str, instance: InstanceContext) -> None:
@@ -180,25 +198,126 @@ class Worker:
             error = _error(exc)
         self.send(frames.HOOK_DONE, name, error, time.perf_counter() - started)
 
-    async def run(self, attempt_id: int, payload: bytes, context: TaskContext) -> None:
+    def run(self, attempt_id: int, payload: bytes, context: TaskContext) -> None:
+        """Start an attempt: a blocking handler's on a handler thread, an async one's as a
+        task of its own."""
+        self.running[attempt_id] = context
+        try:
+            event = codec.decode(payload)
+        except BaseException as exc:
+            self.finished(attempt_id, None, exc)
+            return
+        if self.threads is not None:
+            self.threads.submit(attempt_id, event, context)
+        else:
+            task = asyncio.get_running_loop().create_task(
+                self.run_async(attempt_id, event, context)
+            )
+            self.tasks[attempt_id] = task
+
+    async def run_async(self, attempt_id: int, event: Any, context: TaskContext) -> None:
         handler = self.handler
         assert handler is not None
         try:
-            event = codec.decode(payload)
-            if inspect.iscoroutinefunction(handler):
-                value = await handler(event, context)
-            else:
-                value = await asyncio.to_thread(handler, event, context)
-            data = _result_bytes(value)
+            value = await handler(event, context)
         except asyncio.CancelledError:
             return  # the parent already counted this attempt as interrupted
         except BaseException as exc:
-            retryable = not isinstance(exc, NonRetryableError)
-            self.send(frames.ERROR, attempt_id, _error(exc), retryable)
+            self.finished(attempt_id, None, exc)
         else:
-            self.send(frames.RESULT, attempt_id, data)
+            self.finished(attempt_id, value, None)
         finally:
-            self.running.pop(attempt_id, None)
+            self.tasks.pop(attempt_id, None)
+
+    def finished(self, attempt_id: int, value: Any, error: BaseException | None) -> None:
+        """Answer an attempt with its result or error, unless it was cancelled meanwhile."""
+        if self.running.pop(attempt_id, None) is None:
+            return  # cancelled: the parent already counted it as interrupted
+        if error is None:
+            try:
+                data = _result_bytes(value)
+            except BaseException as exc:
+                error = exc
+            else:
+                self.send(frames.RESULT, attempt_id, data)
+                return
+        self.send(frames.ERROR, attempt_id, _error(error), error_types(error))
+
+    def cancel(self, attempt_id: int) -> None:
+        """Ask a running attempt to stop; its answer, if one comes, is not sent."""
+        context = self.running.pop(attempt_id, None)
+        if context is not None:
+            context.request_stop()
+            task = self.tasks.pop(attempt_id, None)
+            if task is not None:
+                task.cancel()
+
+
+class HandlerThreads:
+    """Threads that run a blocking handler's attempts, so the loop still reads frames (and
+    cancellations) while they run.
+
+    Cheaper than ``asyncio.to_thread`` per attempt, which the profile showed costing more
+    than the rest of an attempt: the threads take attempts from one queue, one after
+    another while there are any, and put their outcomes on one deque that the loop drains
+    in a single callback — woken once for however many outcomes came meanwhile. Threads
+    start as attempts wait for one, up to the default executor's number (so as many
+    blocking attempts run at once as with ``to_thread``).
+    """
+
+    LIMIT = min(32, (os.cpu_count() or 1) + 4)  # as concurrent.futures.ThreadPoolExecutor
+
+    def __init__(
+        self,
+        handler: Callable[..., Any],
+        finished: Callable[[int, Any, BaseException | None], None],
+    ) -> None:
+        self._handler = handler
+        self._finished = finished
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[tuple[int, Any, TaskContext]] = queue.SimpleQueue()
+        self._outcomes: collections.deque[tuple[int, Any, BaseException | None]] = (
+            collections.deque()
+        )
+        self._wake_pending = False  # a _drain is scheduled and has not started yet
+        self._threads = 0
+        self._busy = 0  # attempts submitted whose outcome the loop has not drained yet
+
+    def submit(self, attempt_id: int, event: Any, context: TaskContext) -> None:
+        self._busy += 1
+        self._queue.put((attempt_id, event, context))
+        # _busy over-counts (outcomes not drained yet), so an attempt never waits for a
+        # thread while fewer than LIMIT exist: at worst one starts that was not needed
+        if self._busy > self._threads and self._threads < self.LIMIT:
+            self._threads += 1
+            name = f"stint-handler-{self._threads}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        handler, outcomes = self._handler, self._outcomes
+        while True:
+            attempt_id, event, context = self._queue.get()
+            if context.stop_requested:  # cancelled before it started
+                outcome: tuple[int, Any, BaseException | None] = (attempt_id, None, None)
+            else:
+                try:
+                    outcome = (attempt_id, handler(event, context), None)
+                except BaseException as exc:
+                    outcome = (attempt_id, None, exc)
+            outcomes.append(outcome)
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # cleared first: an outcome appended from here on either is popped below or
+        # schedules a drain of its own (see _serve)
+        self._wake_pending = False
+        outcomes = self._outcomes
+        while outcomes:
+            attempt_id, value, error = outcomes.popleft()
+            self._busy -= 1
+            self._finished(attempt_id, value, error)
 
 
 def _result_bytes(value: Any) -> bytes:
@@ -228,9 +347,9 @@ async def serve(fd: int) -> int:
     worker = Worker(writer)
     while True:
         try:
-            kind, fields = await frames.read(reader, frames.TO_WORKER)
-            if not worker.handle(kind, fields):
-                return 0
+            for kind, fields in await frames.read(reader, frames.TO_WORKER):
+                if not worker.handle(kind, fields):
+                    return 0
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             return 0  # the runtime went away: so do we

@@ -53,6 +53,7 @@ class ProcessInstance(Instance):
         self.cold_start_seconds: float | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox = frames.Outbox(self._write)
         self._ids = itertools.count(1)
         self._attempts: dict[int, tuple[Slot, Attempt]] = {}
         self._hooks: dict[str, HookCallback] = {}
@@ -129,8 +130,13 @@ class ProcessInstance(Instance):
     # frames ---------------------------------------------------------------------
 
     def _send(self, kind: str, *fields: Any) -> None:
+        """Queue a frame: what is sent in one loop turn goes to the worker as one batch."""
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(frames.encode(kind, *fields))
+            self._outbox.add(kind, *fields)
+
+    def _write(self, data: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         """Act on the worker's frames until it goes; however that happens, end in ``_lost``."""
@@ -138,8 +144,8 @@ class ProcessInstance(Instance):
         protocol = False
         try:
             while True:
-                kind, fields = await frames.read(reader, frames.FROM_WORKER)
-                self._on_frame(kind, fields)
+                for kind, fields in await frames.read(reader, frames.FROM_WORKER):
+                    self._on_frame(kind, fields)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except frames.ProtocolError as exc:
@@ -160,7 +166,8 @@ class ProcessInstance(Instance):
         if kind == frames.RESULT:
             self._finished(fields[0], fields[1], None, True)
         elif kind == frames.ERROR:
-            attempt_id, error, retryable = fields
+            attempt_id, error, types = fields
+            retryable = self.spec.config.is_retryable_name(types)
             self._finished(attempt_id, None, ErrorInfo(*error), retryable)
         elif kind == frames.HOOK_DONE:
             name, error, seconds = fields

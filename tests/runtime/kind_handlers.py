@@ -74,6 +74,20 @@ async def refuse_async(event: Any, ctx: Any) -> None:
     refuse(event, ctx)
 
 
+class PageMissing(KeyError):
+    """An error class of the handler's module: retry policies name it, or its bases."""
+
+
+def raise_named(event: str, ctx: Any) -> None:
+    """Raises the error ``event`` names: value, key, missing (PageMissing) or refuse."""
+    errors = {"value": ValueError, "key": KeyError, "missing": PageMissing}
+    raise errors.get(event, NonRetryableError)(f"attempt {ctx.attempt}")
+
+
+async def raise_named_async(event: str, ctx: Any) -> None:
+    raise_named(event, ctx)
+
+
 def block(event: Any, ctx: Any) -> str:
     """Runs until the test releases it or the runtime asks it to stop."""
     log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
@@ -140,6 +154,19 @@ def broken_initializer(instance: Any) -> None:
 
 def exit_hard(event: Any, ctx: Any) -> None:
     log(f"run {ctx.task_id} on {ctx.instance.instance_id}")
+    os._exit(3)
+
+
+def crash_in_batch(event: str, ctx: Any) -> str:
+    """``quick`` returns at once; ``block`` runs until stopped; ``crash`` runs until the
+    file ``crash`` exists, then ends the worker."""
+    if event == "quick":
+        return "quick"
+    log(f"run {event} {ctx.task_id}")
+    while not (event == "crash" and (_dir() / "crash").exists()):
+        if ctx.stop_requested:
+            return "stopped"
+        time.sleep(0.002)
     os._exit(3)
 
 

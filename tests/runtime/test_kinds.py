@@ -97,6 +97,42 @@ async def test_non_retryable(make_runtime: RuntimeFactory, kind: str) -> None:
     assert record.error is not None and record.error.type == "NonRetryableError"
 
 
+POLICIES = {  # a retry policy -> how many attempts each error gets (max_retries=2)
+    "no_retry_on=ValueError": (
+        {"no_retry_on": (ValueError,)},
+        {"value": 1, "key": 3, "missing": 3, "refuse": 1},
+    ),
+    "retry_on=KeyError": (  # PageMissing is a KeyError: matched along its MRO
+        {"retry_on": (KeyError,)},
+        {"value": 1, "key": 3, "missing": 3, "refuse": 1},
+    ),
+    "retry_on=PageMissing": (  # a class of the handler's module
+        {"retry_on": (kh.PageMissing,)},
+        {"value": 1, "key": 1, "missing": 3, "refuse": 1},
+    ),
+    "no_retry_on=LookupError": (
+        {"no_retry_on": (LookupError,)},
+        {"value": 3, "key": 1, "missing": 1, "refuse": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_retry_policy(make_runtime: RuntimeFactory, kind: str, policy: str) -> None:
+    options, attempts = POLICIES[policy]
+    rt = await make(make_runtime)
+    rt.register(
+        "fn", handler(kind, "raise_named"), kind=kind, max_retries=2, retry_backoff=0,
+        max_instances=4, **options,
+    )  # fmt: skip
+    task_ids = {event: await rt.invoke("fn", event) for event in attempts}
+    records = {event: await rt.wait(task_id, timeout=20) for event, task_id in task_ids.items()}
+    assert {event: r.attempts for event, r in records.items()} == attempts
+    assert all(r.status is S.FAILED for r in records.values())
+    assert records["missing"].error is not None
+    assert records["missing"].error.type == "PageMissing"
+
+
 async def test_timeout(make_runtime: RuntimeFactory, kind: str, clock: ManualClock) -> None:
     rt = await make(make_runtime, clock=clock)
     rt.register("fn", handler(kind, "block"), kind=kind, timeout=30, max_retries=0)
@@ -319,6 +355,25 @@ def spawned() -> list[tuple[int, int]]:
     """(child pid, worker pid) of each ``sleep`` child ``kh.spawn_child`` started."""
     lines = [line.split() for line in kh.read_log() if line.startswith("child ")]
     return [(int(words[1]), int(words[3])) for words in lines]
+
+
+async def test_a_crash_fails_exactly_the_attempts_the_worker_ran(
+    make_runtime: RuntimeFactory, test_dir: pathlib.Path
+) -> None:
+    rt = await make(make_runtime)
+    rt.register(
+        "fn", kh.crash_in_batch, kind="process", max_instances=1, concurrency=4, max_retries=0
+    )
+    events = ["quick", "block", "block", "crash"]
+    task_ids = await asyncio.gather(*(rt.invoke("fn", event) for event in events))
+    assert (await rt.wait(task_ids[0], timeout=20)).status is S.SUCCEEDED
+    await eventually(lambda: len(kh.read_log()) == 3, timeout=20)  # the other three run
+    (test_dir / "crash").touch()
+    records = [await rt.wait(task_id, timeout=20) for task_id in task_ids[1:]]
+    for record in records:
+        assert (record.status, record.attempts) == (S.FAILED, 1)
+        assert record.error is not None and record.error.type == "InstanceCrashedError"
+    assert (await rt.get(task_ids[0])).result == "quick"
 
 
 @pytest.mark.parametrize("how", ["stop", "crash"])

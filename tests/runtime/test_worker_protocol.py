@@ -7,6 +7,7 @@ import contextlib
 import pathlib
 import socket
 import struct
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime import TaskState, frames, worker
+from runtime.context import InstanceContext, TaskContext
 from runtime.frames import ProtocolError
 from tests.conftest import RuntimeFactory
 
@@ -61,7 +63,7 @@ GOOD = {
     frames.LOAD_FAILED: (ERR,),
     frames.HOOK_DONE: ("initializer", None, 0.25),
     frames.RESULT: (1, msgpack.packb({"a": [1, b"x", None], 2: 1.5})),
-    frames.ERROR: (3, ERR, False),
+    frames.ERROR: (3, ERR, ("builtins.ValueError", "builtins.Exception")),
 }
 
 
@@ -87,9 +89,14 @@ BAD = [
     ((frames.RESULT, 1, b"\x01", 3), "has 3 fields, not 2"),
     ((frames.RESULT, 0, b"\x01"), "field 0 (attempt_id)"),
     ((frames.RESULT, True, b"\x01"), "field 0 (attempt_id)"),
-    ((frames.ERROR, 1, (1, 2, 3), True), "field 1 (error)"),
-    ((frames.ERROR, 1, ("a", "b"), True), "field 1 (error)"),
-    ((frames.ERROR, 1, ERR, 1), "field 2 (retryable)"),
+    ((frames.ERROR, 1, (1, 2, 3), ()), "field 1 (error)"),
+    ((frames.ERROR, 1, ("a", "b"), ()), "field 1 (error)"),
+    ((frames.ERROR, 1, ERR, True), "field 2 (types)"),  # the bool of stint-worker/2
+    ((frames.ERROR, 1, ERR, "builtins.ValueError"), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ("builtins.ValueError", 3)), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ({"a": 1},)), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ("x" * (frames.MAX_NAME + 1),)), "field 2 (types)"),
+    ((frames.ERROR, 1, ERR, ("E",) * (frames.MAX_TYPES + 1)), "field 2 (types)"),
     ((frames.HOOK_DONE, "initializer", None, "0.5"), "field 2 (seconds)"),
     ((frames.HOOK_DONE, "initializer", None, float("nan")), "field 2 (seconds)"),
     ((frames.HOOK_DONE, "teardown", None, 0.5), "field 0 (hook)"),
@@ -107,6 +114,121 @@ BAD = [
 def test_malformed_frames_are_protocol_errors(items: tuple[Any, ...], complaint: str) -> None:
     with pytest.raises(ProtocolError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
         frames.decode(body(raw(frames.PROTOCOL, *items)), frames.FROM_WORKER)
+
+
+def test_an_error_frame_carries_the_mro_clipped_at_both_ends() -> None:
+    class Deep(*(type(f"Base{i}", (Exception,), {}) for i in range(100))):  # type: ignore[misc]
+        pass
+
+    names = worker.error_types(Deep())
+    assert len(names) == frames.MAX_TYPES
+    assert names[0].endswith("Deep") and names[-3:] == [
+        "builtins.Exception",
+        "builtins.BaseException",
+        "builtins.object",
+    ]
+    long = type("L" * frames.MAX_NAME, (KeyError,), {})
+    assert worker.error_types(long()) == [
+        "builtins.KeyError",
+        "builtins.LookupError",
+        "builtins.Exception",
+        "builtins.BaseException",
+        "builtins.object",
+    ]  # a name no frame may carry is left out, not clipped into another name
+    frames.validate(frames.ERROR, (1, ERR, tuple(names)))
+
+
+# --- batches -----------------------------------------------------------------------------
+
+RESULT_ITEM = (frames.RESULT, 9, b"\xc0")
+
+
+def test_a_batch_decodes_to_its_frames_in_order() -> None:
+    items = [frames.pack(kind, *GOOD[kind]) for kind in (frames.RESULT, frames.ERROR)]
+    decoded = frames.decode_frames(body(frames.encode_batch(items)), frames.FROM_WORKER)
+    assert decoded == [(frames.RESULT, GOOD[frames.RESULT]), (frames.ERROR, GOOD[frames.ERROR])]
+    plain = frames.decode_frames(body(frames.encode(frames.LOADED, 7)), frames.FROM_WORKER)
+    assert plain == [(frames.LOADED, (7,))]
+
+
+BAD_BATCHES = {
+    "empty": ((), "a batch has 0 frames"),
+    "too-many": ((RESULT_ITEM,) * (frames.MAX_BATCH + 1), "a batch has 1025 frames"),
+    "bad-field": (
+        (RESULT_ITEM, (frames.RESULT, 1, 2**64 - 1)),
+        "frame 1 of a batch: field 1 (result)",
+    ),
+    "not-a-frame": ((RESULT_ITEM, 3), "frame 1 of a batch is int 3, not a frame"),
+    "empty-frame": (((),), "frame 0 of a batch is tuple of length 0, not a frame"),
+    "nested": (((frames.BATCH, RESULT_ITEM),), "frame 0 of a batch: unexpected frame kind"),
+    "wrong-direction": (
+        ((frames.CANCEL, 1),),
+        "frame 0 of a batch: unexpected frame kind str of length 6: 'cancel'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BAD_BATCHES)
+def test_a_bad_batch_is_a_protocol_error(name: str) -> None:
+    items, complaint = BAD_BATCHES[name]
+    with pytest.raises(ProtocolError) as caught:
+        frames.decode_frames(body(raw(frames.PROTOCOL, frames.BATCH, *items)), frames.FROM_WORKER)
+    assert complaint in str(caught.value)
+
+
+async def test_the_outbox_sends_a_turns_frames_as_one_batch() -> None:
+    writes: list[bytes] = []
+    outbox = frames.Outbox(writes.append)
+    for attempt_id in range(1, frames.MAX_BATCH + 3):
+        outbox.add(frames.CANCEL, attempt_id)
+    assert len(writes) == 1  # MAX_BATCH reached: the rest wait for the end of the turn
+    await asyncio.sleep(0)
+    assert len(writes) == 2
+    sent = [frame for w in writes for frame in frames.decode_frames(body(w), frames.TO_WORKER)]
+    assert sent == [(frames.CANCEL, (i,)) for i in range(1, frames.MAX_BATCH + 3)]
+    await asyncio.sleep(0)
+    assert len(writes) == 2  # nothing more to send: no empty batch
+
+
+async def test_the_outbox_keeps_a_batch_within_the_frame_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(frames, "_BATCH_ROOM", 120)  # two of these frames fit, not three
+    writes: list[bytes] = []
+    outbox = frames.Outbox(writes.append)
+    for _ in range(3):
+        outbox.add(frames.RESULT, 1, msgpack.packb("x" * 40))
+    outbox.flush()
+    assert [len(frames.decode_frames(body(w), frames.FROM_WORKER)) for w in writes] == [2, 1]
+
+
+async def test_handler_threads_skip_an_attempt_cancelled_before_it_started() -> None:
+    started, release = threading.Event(), threading.Event()
+    outcomes: list[tuple[int, Any, BaseException | None]] = []
+    done = asyncio.Event()
+
+    def handler(event: Any, ctx: Any) -> Any:
+        started.set()
+        release.wait(10)
+        return event
+
+    def finished(attempt_id: int, value: Any, error: BaseException | None) -> None:
+        outcomes.append((attempt_id, value, error))
+        if len(outcomes) == 2:
+            done.set()
+
+    threads = worker.HandlerThreads(handler, finished)
+    threads.LIMIT = 1  # one thread: the second attempt waits for the first
+    instance = InstanceContext("fn-1", "fn", "process")
+    contexts = [TaskContext(f"t{i}", "fn", 1, 1e12, instance) for i in (1, 2)]
+    threads.submit(1, "a", contexts[0])
+    threads.submit(2, "b", contexts[1])
+    await asyncio.to_thread(started.wait, 10)
+    contexts[1].request_stop()
+    release.set()
+    async with asyncio.timeout(10):
+        await done.wait()
+    assert outcomes == [(1, "a", None), (2, None, None)]  # the handler never saw "b"
 
 
 def test_the_worker_side_checks_the_runtimes_frames() -> None:
@@ -243,10 +365,21 @@ LOAD = frames.encode(
         LOAD + LOAD,
         LOAD + frames.encode(frames.RUN, 1, b"\xc0", "t1", "fn", "1", 1e9),
         LOAD + raw(frames.PROTOCOL, {"a": 1}),  # an unhashable kind: once a TypeError
+        LOAD + raw(frames.PROTOCOL, frames.BATCH, *[(frames.CANCEL, 1)] * (frames.MAX_BATCH + 1)),
+        LOAD + raw(frames.PROTOCOL, frames.BATCH, (frames.CANCEL, 1), (frames.CANCEL, -1)),
         LOAD + frames.encode(frames.RESULT, 1, b"\xc0"),  # a frame the worker sends, not reads
         b"\x00\x00\x00\x02\xc1\xc1",
     ],
-    ids=["run-first", "two-loads", "bad-field", "unhashable-kind", "wrong-direction", "garbage"],
+    ids=[
+        "run-first",
+        "two-loads",
+        "bad-field",
+        "unhashable-kind",
+        "batch-too-many",
+        "batch-bad-frame",
+        "wrong-direction",
+        "garbage",
+    ],
 )
 async def test_the_worker_exits_on_a_protocol_error(frame: bytes) -> None:
     async with worker_process() as (process, _, writer):
@@ -258,18 +391,27 @@ async def test_the_worker_exits_on_a_protocol_error(frame: bytes) -> None:
         assert b"Traceback" not in stderr
 
 
+async def read_frames(reader: asyncio.StreamReader, count: int) -> list[Any]:
+    """The next ``count`` frames from a worker, however it batched them."""
+    found: list[Any] = []
+    while len(found) < count:
+        found += await frames.read(reader, frames.FROM_WORKER)
+    assert len(found) == count
+    return found
+
+
 async def test_the_worker_serves_a_task_and_reports_import_paths() -> None:
     async with worker_process() as (process, reader, writer):
         writer.write(LOAD + frames.encode(frames.RUN, 1, msgpack.packb([1]), "t1", "fn", 1, 1e12))
         async with asyncio.timeout(10):
-            assert await frames.read(reader, frames.FROM_WORKER) == (frames.LOADED, (process.pid,))
-            kind, (attempt_id, result) = await frames.read(reader, frames.FROM_WORKER)
+            loaded, (kind, (attempt_id, result)) = await read_frames(reader, 2)
+        assert loaded == (frames.LOADED, (process.pid,))
         assert (kind, attempt_id) == (frames.RESULT, 1)
         assert msgpack.unpackb(result)["echo"] == [1]
     async with worker_process() as (_, reader, writer):
         writer.write(frames.encode(frames.LOAD, "fn-1", "fn", "no_such_module:f", None, None, None))
         async with asyncio.timeout(10):
-            kind, ((kind_name, message, _),) = await frames.read(reader, frames.FROM_WORKER)
+            [(kind, ((kind_name, message, _),))] = await frames.read(reader, frames.FROM_WORKER)
     assert (kind, kind_name) == (frames.LOAD_FAILED, "ModuleNotFoundError")
     assert "No module named 'no_such_module'" in message
     assert "searched the runtime's sys.path" in message and str(pathlib.Path.cwd()) in message
@@ -284,10 +426,14 @@ HOSTILE = {
     "ext-type": frames.encode(frames.RESULT, 1, b"\xc7\x00\x05"),
     "list-key": frames.encode(frames.RESULT, 1, b"\x81\x91\x01\x01"),
     "extra-field": frames.encode(frames.RESULT, 1, b"\x01", 3),
-    "error-of-ints": frames.encode(frames.ERROR, 1, (1, 2, 3), True),
-    "retryable-str": frames.encode(frames.ERROR, 1, ERR, "yes"),
+    "error-of-ints": frames.encode(frames.ERROR, 1, (1, 2, 3), ()),
+    "types-str": frames.encode(frames.ERROR, 1, ERR, "yes"),
+    "types-too-many": frames.encode(frames.ERROR, 1, ERR, ["E"] * (frames.MAX_TYPES + 1)),
     "hook-seconds": frames.encode(frames.HOOK_DONE, "pre_stop", None, "soon"),
     "unhashable-kind": raw(frames.PROTOCOL, {"a": 1}),
+    "batch-too-many": raw(frames.PROTOCOL, frames.BATCH, *[RESULT_ITEM] * (frames.MAX_BATCH + 1)),
+    "batch-bad-frame": raw(frames.PROTOCOL, frames.BATCH, RESULT_ITEM, (frames.RESULT, 1, 2**40)),
+    "batch-nested": raw(frames.PROTOCOL, frames.BATCH, (frames.BATCH, RESULT_ITEM)),
 }
 
 
