@@ -287,16 +287,21 @@ class ClusterTasks:
         self._drop_local(task_id)  # fenced (reclaimed meanwhile) or gone: not ours any more
 
     def _finish_remote_stop(self, task_id: str, item: Transition) -> None:
-        """The task ended here as a stop asked elsewhere reached Redis first: Stopped wins."""
+        """The task ended here as a stop asked elsewhere reached Redis first: Stopped wins.
+
+        Stopped itself is written again, now expecting Stopping: it is what this node
+        wrote for that very stop when its Stopping and Stopped went out as one write
+        (expecting Running), which the other node's Stopping had overtaken."""
         record = self.store.unpack(item.blob)
-        if record is None or item.new_status == "Stopped":
+        if record is None:
             return
-        now = self.rt.clock.time()
-        ended = item.new_status
-        record.status = S.STOPPED
-        record.ended_at = now
-        detail = f"the attempt had ended ({ended}) when the stop requested elsewhere arrived"
-        record._events.append((NAME[S.STOPPED], now, detail))
+        if item.new_status != "Stopped":
+            now = self.rt.clock.time()
+            ended = item.new_status
+            record.status = S.STOPPED
+            record.ended_at = now
+            detail = f"the attempt had ended ({ended}) when the stop requested elsewhere arrived"
+            record._events.append((NAME[S.STOPPED], now, detail))
         self.store.writer.put(task_id, "Stopped", record, scripts.FINAL)
 
     def _drop_local(self, task_id: str) -> None:

@@ -38,6 +38,11 @@ logger = logging.getLogger("stint")
 MIN_SERVER = (6, 2)  # XPENDING with an exclusive start, XAUTOCLAIM-era stream semantics
 SOCKET_TIMEOUT = 5.0  # seconds a command may take before the connection counts as lost
 CONNECT_TIMEOUT = 2.0
+# Connections one pool opens at most; a call beyond them waits for one to come free (up
+# to POOL_WAIT s) instead of failing: redis-py 8's own pool refuses call 101 of a burst
+# ("Too many connections"), which read as an outage to a thousand concurrent invokes.
+MAX_CONNECTIONS = 100
+POOL_WAIT = 10.0
 #: Blocking reads (XREAD BLOCK) are kept this far under the socket timeout.
 MAX_BLOCK = SOCKET_TIMEOUT - 1.0
 
@@ -336,7 +341,7 @@ def _make_client(
         common["maint_notifications_config"] = _MaintConfig(enabled=False)
     if options.unix_path is not None:
         common.pop("maint_notifications_config", None)  # set by redis-py for sockets
-        return aioredis.Redis(unix_socket_path=options.unix_path, **common)
+        return _waiting(aioredis.Redis(unix_socket_path=options.unix_path, **common))
     if options.tls:
         common.update(
             ssl_ca_certs=options.ssl_ca_certs,
@@ -345,10 +350,29 @@ def _make_client(
             ssl_cert_reqs=options.ssl_cert_reqs,
             ssl_check_hostname=options.ssl_cert_reqs == "required",
         )
-    return aioredis.Redis(
-        host=options.host or "localhost",
-        port=options.port,
-        ssl=options.tls,
-        socket_connect_timeout=connect_timeout,
-        **common,
+    return _waiting(
+        aioredis.Redis(
+            host=options.host or "localhost",
+            port=options.port,
+            ssl=options.tls,
+            socket_connect_timeout=connect_timeout,
+            **common,
+        )
     )
+
+
+def _waiting(client: aioredis.Redis) -> aioredis.Redis:
+    """The same client on a pool where a burst of calls waits for a free connection
+    (``MAX_CONNECTIONS``) rather than failing; ``client`` only lends its settings (its own
+    pool never opened a connection)."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    if _MaintConfig is not None:  # off, as in _make_client (a pool of its own sets it anew)
+        kwargs["maint_notifications_config"] = _MaintConfig(enabled=False)
+    waiting = aioredis.BlockingConnectionPool(
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_WAIT,
+        connection_class=pool.connection_class,
+        **kwargs,
+    )
+    return aioredis.Redis.from_pool(waiting)
