@@ -117,6 +117,10 @@ class RecordWriter:
         owned = self._owned.get(task_id)
         return None if owned is None else (owned.epoch, owned.status)
 
+    def owned_ids(self) -> set[str]:
+        """Every task this writer holds: one that ended here too, until its last write is in."""
+        return set(self._owned)
+
     def forget(self, task_id: str) -> None:
         """Drop a task and any unwritten change of it (it is no longer this node's)."""
         self._owned.pop(task_id, None)
