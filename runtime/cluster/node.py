@@ -77,7 +77,8 @@ class ClusterNode:
         self._system = system
         self._background = background
         self._hooks = hooks
-        self.source = SharedSource(store.queue, hooks.adopt, store.nodes.lease_valid)
+        # _known: what a fetch whose reply was lost claimed is found, and taken back
+        self.source = SharedSource(store.queue, hooks.adopt, store.nodes.lease_valid, self._known)
         self._control = ControlChannel(store.conn, store.node_id)
         self.reclaimer = Reclaimer(store.conn, store.node_id)
         self._feed = ChangeFeed(store.conn, hooks.changed, hooks.gap)
@@ -223,13 +224,18 @@ class ClusterNode:
             self.register_soon(name)
         self._adopt_own_pending_soon()
 
+    def _known(self) -> set[str]:
+        """Every task this node holds: live here, or ended here with its last write not in
+        yet (its entry is still pending: taking it back would fence that write)."""
+        return self._hooks.held() | self.store.writer.owned_ids()
+
     def _adopt_own_pending_soon(self) -> None:
         self._background.start(self._adopt_own_pending(), "stint-cluster-adopt")
 
     async def _adopt_own_pending(self) -> None:
         try:
             functions = await self.store.functions.names()
-            claimed = await self.store.queue.adopt(functions, self._hooks.held())
+            claimed = await self.store.queue.adopt(functions, self._known())
         except StoreError as exc:
             logger.warning("stint: could not look for this node's own pending tasks: %s", exc)
             return

@@ -30,10 +30,18 @@ _WAIT = 1.0  # seconds one wait for new entries lasts before the loop looks agai
 class SharedSource:
     """Where a node's pools get their tasks from, on a shared store."""
 
-    def __init__(self, queue: RedisQueue, adopt: Adopt, lease_valid: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        queue: RedisQueue,
+        adopt: Adopt,
+        lease_valid: Callable[[], bool],
+        held: Callable[[], set[str]] = set,
+    ) -> None:
         self._queue = queue
         self._adopt = adopt
         self._lease_valid = lease_valid
+        self._held = held  # every task this node holds (to find what a lost reply claimed)
+        self._maybe_lost = False  # a fetch failed: Redis may have applied it, reply lost
         self._wanted: dict[str, int] = {}
         self._more = asyncio.Event()  # capacity grew (or a function came): look again now
         self._backoff = Backoff()
@@ -82,8 +90,11 @@ class SharedSource:
                 continue
             self._more.clear()
             try:
+                if self._maybe_lost:
+                    await self._take_back_lost(wanted)
                 fetched = await self._queue.fetch(wanted)
             except StoreError as exc:
+                self._maybe_lost = True
                 if not failures:
                     logger.warning("stint: cannot fetch tasks from Redis: %s", exc)
                 await asyncio.sleep(self._backoff.delay(failures))
@@ -102,6 +113,16 @@ class SharedSource:
             self.fetched += got
             if not got:
                 await self._wait_for_entries(fetched.last_ids)
+
+    async def _take_back_lost(self, functions: dict[str, int]) -> None:
+        """A fetch whose reply was lost may have claimed tasks this node never heard of:
+        they would stay its own, queued nowhere, until it died. Claim them again (between
+        fetches, as ``RedisQueue.adopt`` requires) and recover them."""
+        claimed = await self._queue.adopt(functions, self._held())
+        self._maybe_lost = False
+        if claimed:
+            logger.warning("stint: took back %d task(s) a lost fetch reply left", len(claimed))
+            self._adopt(claimed)
 
     async def _pause(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

@@ -326,21 +326,28 @@ class ClusterTasks:
 
     def _finish_remote_stop(self, task_id: str, item: Transition) -> None:
         """A stop asked elsewhere reached Redis before this node's write ``item``: Stopped
-        wins, by way of Stopping (the path stays one the lifecycle allows)."""
+        wins, by way of Stopping (the path stays one the lifecycle allows).
+
+        When ``item`` was itself Stopped (this node's Stopping and Stopped went out as one
+        write, expecting Running, and the other node's Stopping overtook it), Stopped is
+        written again as it was, now expecting Stopping."""
         record = self.store.unpack(item.blob)
-        if record is None or item.new_status == "Stopped":
+        if record is None:
             return
-        now = self.rt.clock.time()
         moved = item.new_status
-        if is_terminal_name(moved) and record._events and record._events[-1][0] == moved:
-            record._events.pop()  # the attempt's end is told in the Stopped event instead
-            detail = f"the attempt had ended ({moved}) when the stop requested elsewhere arrived"
-        else:
-            detail = f"stopped while {moved} (the stop requested elsewhere arrived first)"
-        record._events.append((NAME[S.STOPPING], now, "stop requested by another node"))
-        record.status = S.STOPPED
-        record.ended_at = now
-        record._events.append((NAME[S.STOPPED], now, detail))
+        if moved != "Stopped":
+            now = self.rt.clock.time()
+            if is_terminal_name(moved) and record._events and record._events[-1][0] == moved:
+                record._events.pop()  # the attempt's end is told in the Stopped event instead
+                detail = (
+                    f"the attempt had ended ({moved}) when the stop requested elsewhere arrived"
+                )
+            else:
+                detail = f"stopped while {moved} (the stop requested elsewhere arrived first)"
+            record._events.append((NAME[S.STOPPING], now, "stop requested by another node"))
+            record.status = S.STOPPED
+            record.ended_at = now
+            record._events.append((NAME[S.STOPPED], now, detail))
         self.store.writer.put(task_id, "Stopped", record, scripts.FINAL)
 
     def _drop_local(self, task_id: str) -> None:

@@ -24,7 +24,7 @@ from runtime.stores.redis import (
     parse_redis_url,
     scripts,
 )
-from runtime.stores.redis.client import MAX_CONNECTIONS, _server_version
+from runtime.stores.redis.client import _server_version
 from runtime.stores.redis.records import BATCH
 from tests.conftest import eventually
 from tests.redis_server import OPENSSL, RedisServer
@@ -257,16 +257,3 @@ async def test_tls_with_a_private_ca(make_redis_server: Callable[..., RedisServe
             await unverified.connect()
     finally:
         await unverified.close()
-
-
-async def test_a_burst_beyond_the_pool_waits_for_free_connections(redis_url: str) -> None:
-    # redis-py's default pool raised MaxConnectionsError ("Too many connections") past
-    # 100 calls at once, which stint reported as "Redis is unreachable": a storm of a
-    # few hundred concurrent stops failed that way. Callers now queue for a connection.
-    conn = RedisConnection(parse_redis_url(redis_url))
-    try:
-        burst = MAX_CONNECTIONS * 6
-        replies = await asyncio.gather(*[conn.command("PING") for _ in range(burst)])
-        assert len(replies) == burst and conn.failures == 0
-    finally:
-        await conn.close()

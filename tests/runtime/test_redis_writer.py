@@ -24,6 +24,7 @@ from runtime.stores.redis import (
     WriteCode,
     WriteResult,
 )
+from runtime.stores.redis.client import MAX_CONNECTIONS
 from tests.runtime.redis_helpers import Node, open_nodes
 
 pytestmark = pytest.mark.redis
@@ -161,6 +162,39 @@ async def test_a_conflict_reports_the_current_status_and_the_next_put_starts_fro
         await writer.flush()
         assert await status_of(a, "t1") == ("Stopped", b"stopped")
         assert writer.conflicts == 1
+
+
+async def test_a_change_put_while_a_refused_write_was_in_flight_is_reported_not_lost(
+    redis_url: str,
+) -> None:
+    """Found by tests/runtime/test_redis_multiprocess.py: a node's Stopping (for a stop asked
+    elsewhere) was refused, and the Stopped put while it was in flight went with it."""
+    async with open_nodes(redis_url, "a", "b") as [a, b]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        refused: list[Refusal] = []
+        writer = make_writer(a, refused)
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Running", "running")
+        await writer.flush()
+        assert (await b.move(("t1", claimed.epoch, "Running"), "Stopping", NOTIFY, owner="a")).ok
+        writer.put("t1", "Stopping", "stopping")
+        await asyncio.sleep(0)  # that write leaves
+        writer.put("t1", "Stopped", "stopped", ACK | FINAL)
+        await writer.flush()
+        assert refused == [("t1", "Stopped", WriteCode.CONFLICT, "Stopping")]
+        assert writer.pending == 0 and writer.ownership("t1") == (claimed.epoch, "Stopping")
+
+
+async def test_a_burst_of_calls_beyond_the_pool_waits_for_a_connection(redis_url: str) -> None:
+    """Found by the 5,000-task multi-process test: redis-py 8's pool refused call 101 of a
+    burst ("Too many connections"), which a thousand concurrent invokes took for an outage."""
+    async with open_nodes(redis_url, "a", join=False) as [a]:
+        burst = 3 * MAX_CONNECTIONS
+        replies = await asyncio.gather(*(a.conn.command("PING") for _ in range(burst)))
+        assert replies == [True] * burst and a.conn.failures == 0
+        assert a.conn.client.connection_pool.max_connections == MAX_CONNECTIONS
 
 
 async def test_a_missing_record_is_reported(redis_url: str) -> None:

@@ -38,6 +38,11 @@ logger = logging.getLogger("stint")
 MIN_SERVER = (6, 2)  # XPENDING with an exclusive start, XAUTOCLAIM-era stream semantics
 SOCKET_TIMEOUT = 5.0  # seconds a command may take before the connection counts as lost
 CONNECT_TIMEOUT = 2.0
+# Connections one pool opens at most; a call beyond them waits for one to come free (up
+# to POOL_WAIT s) instead of failing: redis-py 8's own pool refuses call 101 of a burst
+# ("Too many connections"), which read as an outage to a thousand concurrent invokes.
+MAX_CONNECTIONS = 100
+POOL_WAIT = 10.0
 #: Blocking reads (XREAD BLOCK) are kept this far under the socket timeout.
 MAX_BLOCK = SOCKET_TIMEOUT - 1.0
 
@@ -344,8 +349,7 @@ def _make_client(
         common["maint_notifications_config"] = _MaintConfig(enabled=False)
     if options.unix_path is not None:
         common.pop("maint_notifications_config", None)  # set by redis-py for sockets
-        wait = socket_timeout + connect_timeout
-        return _queueing(aioredis.Redis(unix_socket_path=options.unix_path, **common), wait)
+        return _queueing(aioredis.Redis(unix_socket_path=options.unix_path, **common))
     if options.tls:
         common.update(
             ssl_ca_certs=options.ssl_ca_certs,
@@ -362,17 +366,13 @@ def _make_client(
             socket_connect_timeout=connect_timeout,
             **common,
         ),
-        socket_timeout + connect_timeout,
         common.get("maint_notifications_config"),
     )
 
 
-#: Connections one pool opens at most; callers beyond that wait for one to be free.
-MAX_CONNECTIONS = 64
-
-
-def _queueing(client: aioredis.Redis, wait: float, maint: Any = None) -> aioredis.Redis:
-    """``client`` on a pool where a caller waits (up to ``wait`` s) for a free connection.
+def _queueing(client: aioredis.Redis, maint: Any = None) -> aioredis.Redis:
+    """``client`` on a pool where a caller waits (up to ``POOL_WAIT`` s) for a free
+    connection (``client`` only lends its settings: its own pool never connected).
 
     redis-py's default pool raises ``MaxConnectionsError`` at once when every connection
     is busy: a burst of a few hundred concurrent ``stop`` or ``get`` calls would fail
@@ -383,7 +383,7 @@ def _queueing(client: aioredis.Redis, wait: float, maint: Any = None) -> aioredi
     pool = aioredis.BlockingConnectionPool(
         connection_class=built.connection_class,
         max_connections=MAX_CONNECTIONS,
-        timeout=wait,
+        timeout=POOL_WAIT,
         **extra,
         **built.connection_kwargs,
     )

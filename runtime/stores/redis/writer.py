@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -115,6 +116,10 @@ class RecordWriter:
         """(epoch, status as stored) of a task this writer holds, else None."""
         owned = self._owned.get(task_id)
         return None if owned is None else (owned.epoch, owned.status)
+
+    def owned_ids(self) -> set[str]:
+        """Every task this writer holds: one that ended here too, until its last write is in."""
+        return set(self._owned)
 
     def forget(self, task_id: str) -> None:
         """Drop a task and any unwritten change of it (it is no longer this node's)."""
@@ -256,11 +261,22 @@ class RecordWriter:
                 elif owned is not None:
                     owned.status = item.new_status
                 continue
-            self._dirty.pop(task_id, None)
+            newer = self._dirty.pop(task_id, None)
             if result.code is WriteCode.CONFLICT:
                 self.conflicts += 1
                 if owned is not None:  # what Redis has now: a new put starts from it
                     owned.status = result.detail
+                if newer is not None:
+                    # A change put while this write was in flight is what the node means
+                    # now (a Stopped after the refused Stopping): report that one, or it
+                    # is lost with the write it followed.
+                    item = dataclasses.replace(  # noqa: PLW2901 (what on_refused gets, below)
+                        item,
+                        new_status=newer.status,
+                        blob=self._pack(newer.record),
+                        flags=item.flags | newer.flags,
+                        delay_ms=item.delay_ms if newer.delay_ms is None else newer.delay_ms,
+                    )
             else:
                 self._owned.pop(task_id, None)
                 if result.code is WriteCode.FENCED:
