@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 from typing import Any
@@ -25,7 +26,7 @@ from rich.table import Table
 import runtime
 from runtime.loop import run
 
-from . import http, probes
+from . import cluster, http, probes
 from .variants import VARIANTS, Variant
 
 KINDS = ("async", "thread", "process")
@@ -46,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     console = Console()
     console.print(f"stint build: {build()}")
+    variants = runnable(variants, console)
     timings = measure(variants, n, repeat, console)
     results = summarise(variants, timings, n)
     console.print(throughput_table(results, n, repeat))
+    for variant in variants:
+        line = cluster.cost_line(variant.name)
+        if line is not None:
+            console.print(line)
     rates = {r["variant"]: r["tasks_per_s"] for r in results}
     if "stint-sqlite" in rates and "stint-windowed" in rates:
         durable = rates["stint-sqlite"] / rates["stint-windowed"]
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": n,
         "repeat": repeat,
         "throughput": results,
+        "redis_costs": {v.name: cluster.COSTS[v.name] for v in variants if v.name in cluster.COSTS},
     }
     if not args.no_probes:
         report["probes"] = run_probes(args.quick, console)
@@ -68,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {args.json}; draw the figure with: python -m bench.figure {args.json}"
         )
     return 0
+
+
+def runnable(variants: list[Variant], console: Console) -> list[Variant]:
+    """The variants whose programs are installed; says why each other one is skipped."""
+    kept = []
+    for variant in variants:
+        if variant.needs is not None and shutil.which(variant.needs) is None:
+            why = f"{variant.needs} not found (apt-get install -y {variant.needs})"
+            console.print(f"skipped {variant.name}: {why}")
+        else:
+            kept.append(variant)
+    return kept
 
 
 def measure(
@@ -118,7 +137,15 @@ def throughput_table(results: list[dict[str, Any]], n: int, repeat: int) -> Tabl
 
 def run_probes(quick: bool, console: Console) -> dict[str, Any]:
     sizes = (
-        {"latency": 300, "stop": 5, "cold": 3, "memory": 2_000, "sweep": 1_000, "http": 200}
+        {
+            "latency": 300,
+            "stop": 5,
+            "cold": 3,
+            "memory": 2_000,
+            "sweep": 1_000,
+            "http": 200,
+            "redis": 200,
+        }
         if quick
         else {
             "latency": 20_000,
@@ -127,6 +154,7 @@ def run_probes(quick: bool, console: Console) -> dict[str, Any]:
             "memory": 100_000,
             "sweep": 50_000,
             "http": 5_000,
+            "redis": 5_000,
         }
     )
     levels = [1, 10] if quick else [1, 10, 100, 1000]
@@ -146,6 +174,8 @@ def run_probes(quick: bool, console: Console) -> dict[str, Any]:
             "http_round_trip_seconds": run(http.invoke_latency(sizes["http"])),
             "http_server_cpu": run(http.server_cpu_per_invoke(sizes["http"] * 4)),
         }
+        if cluster.UNAVAILABLE is None:
+            found["redis_round_trip_seconds"] = run(cluster.round_trip_latency(sizes["redis"]))
     table = Table(title="latency and footprint")
     for column in ("probe", "p50", "p99", "p99.9", "samples"):
         table.add_column(column, justify="left" if column == "probe" else "right")
@@ -153,6 +183,10 @@ def run_probes(quick: bool, console: Console) -> dict[str, Any]:
     rows += [(f"stop_seconds_{k}", f"stop of a Running task ({k})") for k in KINDS]
     rows += [(f"cold_start_seconds_{k}", f"instance cold start ({k})") for k in KINDS]
     rows += [("http_round_trip_seconds", "HTTP invoke -> Succeeded (SSE), 50 clients")]
+    if "redis_round_trip_seconds" in found:
+        rows += [("redis_round_trip_seconds", "invoke -> Succeeded, no load (redis)")]
+    else:
+        console.print(f"skipped the Redis latency probe: {cluster.UNAVAILABLE}")
     for key, label in rows:
         p = found[key]
         table.add_row(

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     args = parser.parse_args(argv)
     batches = args.batch or [1, 10, 100, 1000]
-    with _server(args.url) as url:
+    with redis_server(args.url) as url:
         rows = run(_probe(url, args.tasks, batches), loop=args.loop)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -55,16 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+MISSING = "redis-server not found: install it with `apt-get install -y redis-server`"
+
+
 @contextlib.contextmanager
-def _server(url: str | None) -> Iterator[str]:
+def redis_server(url: str | None = None, prefix: str = "probe") -> Iterator[str]:
+    """``url`` as given, or a throwaway redis-server (AOF on, ``everysec``) on a free
+    loopback port for as long as the block runs: yields its URL with ``prefix``."""
     if url is not None:
         yield url
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        raise SystemExit(
-            "redis-server not found: install it with `apt-get install -y redis-server`"
-        )
+        raise SystemExit(MISSING)
     with tempfile.TemporaryDirectory() as directory:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -74,7 +77,7 @@ def _server(url: str | None) -> Iterator[str]:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_for(port)
-            yield f"redis://127.0.0.1:{port}/0?prefix=probe"
+            yield f"redis://127.0.0.1:{port}/0?prefix={prefix}"
         finally:
             process.terminate()
             process.wait()

@@ -209,6 +209,18 @@ async def stint_process(n: int) -> float:
     return await stint_kind(n, "process", instances=2, concurrency=50)
 
 
+async def stint_redis(n: int) -> float:
+    from .cluster import stint_redis  # bench.cluster builds on this module
+
+    return await stint_redis(n)
+
+
+async def stint_redis_2(n: int) -> float:
+    from .cluster import stint_redis_2
+
+    return await stint_redis_2(n)
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -216,6 +228,7 @@ class Variant:
     loop: str  # "uvloop" or "asyncio"
     what: str
     share: float = 1.0  # fraction of N this variant runs
+    needs: str | None = None  # a program it starts (skipped, with the reason, without it)
 
 
 VARIANTS = [
@@ -238,4 +251,20 @@ VARIANTS = [
         "process-executor", process_executor, "uvloop", "ProcessPoolExecutor, 2 processes", 0.05
     ),
     Variant("stint-http", stint_http, "uvloop", "HTTP invoke -> 202, stint serve, 50 clients", 0.1),
+    Variant(
+        "stint-redis",
+        stint_redis,
+        "uvloop",
+        "stint async on Redis, one node, waves of 1000",
+        0.1,
+        needs="redis-server",
+    ),
+    Variant(
+        "stint-redis-2",
+        stint_redis_2,
+        "uvloop",
+        "same, 2 node processes + a client process",
+        0.1,
+        needs="redis-server",
+    ),
 ]

@@ -87,6 +87,7 @@ class ClusterNode:
         self._due_soon = asyncio.Event()
         self._functions: dict[str, FunctionInfo] = {}
         self._functions_read = float("-inf")
+        self._reading_functions: asyncio.Task[None] | None = None
         self.queue_stats: dict[str, tuple[int, int]] = {}  # fn -> (depth, pending): metrics
         self._unsubscribe: Callable[[], None] | None = None  # from a manual clock
 
@@ -169,9 +170,22 @@ class ClusterNode:
         """A function as the cluster knows it (read at most every few seconds)."""
         loop = asyncio.get_running_loop()
         if name not in self._functions or loop.time() - self._functions_read > _FUNCTIONS_EVERY:
-            self._functions = {info.name: info for info in await self.store.functions.all()}
-            self._functions_read = loop.time()
+            if self._reading_functions is None:
+                self._reading_functions = loop.create_task(self._read_functions())
+                self._reading_functions.add_done_callback(self._functions_done)
+            # one read shared by every caller: a burst of invokes of a function served
+            # elsewhere made one read each (a connection each, past the pool's limit)
+            await asyncio.shield(self._reading_functions)
         return self._functions.get(name)
+
+    async def _read_functions(self) -> None:
+        self._functions = {info.name: info for info in await self.store.functions.all()}
+        self._functions_read = asyncio.get_running_loop().time()
+
+    def _functions_done(self, task: asyncio.Task[None]) -> None:
+        self._reading_functions = None
+        if not task.cancelled():
+            task.exception()  # the callers got it; retrieved even if all of them were cancelled
 
     def cached_function(self, name: str) -> FunctionInfo | None:
         return self._functions.get(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -395,3 +396,36 @@ async def test_a_reclaim_racing_the_dead_nodes_late_writes_lets_exactly_one_win(
             expected = "Succeeded" if record.task_id in won_by_a else "Failed"
             assert record.status == expected
         assert await b.queue.stats(["f"]) == {"f": QueueStats(0, 0)}
+
+
+# --- a runtime as a client of the cluster --------------------------------------------------
+
+
+async def test_a_burst_of_invokes_on_a_client_node_reads_the_functions_once(
+    redis_url: str,
+) -> None:
+    from runtime import Runtime, TaskState
+
+    async def echo(event: object, ctx: object) -> object:
+        return event
+
+    server = Runtime(store=redis_url)
+    server.register("echo", echo, concurrency=50)
+    async with server, Runtime(store=redis_url) as client:
+        assert client._cluster is not None
+        functions = client._cluster.node.store.functions
+        reads = 0
+        read_all = functions.all
+
+        async def counted() -> Any:
+            nonlocal reads
+            reads += 1
+            return await read_all()
+
+        functions.all = counted  # type: ignore[method-assign]
+        # a client node knows the function only from the cluster's registry: every invoke
+        # of the burst read all of it (300 reads, each its own connection) before
+        ids = await asyncio.gather(*(client.invoke("echo", i) for i in range(300)))
+        assert reads == 1
+        done = await asyncio.gather(*(client.wait(task_id, timeout=10) for task_id in ids))
+        assert {record.status for record in done} == {TaskState.SUCCEEDED}
