@@ -8,6 +8,8 @@ finds it taken: a destination runs at most once per task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgpack
 
 from .ids import derived_id
@@ -27,6 +29,24 @@ def destination_of(
     if record.status is TaskState.STOPPED:
         return "on_failure", None
     return "on_failure", on_failure
+
+
+#: ``(function, task id, payload, source task id) -> what happened``, as the runtime's
+#: ``_invoke_destination`` answers (it never raises).
+Invoke = Callable[[str, str, bytes, str], str]
+
+
+def invoke_destination(
+    record: TaskRecord, on_success: str | None, on_failure: str | None, invoke: Invoke
+) -> str | None:
+    """Invoke the destination of a terminal ``record``, if it has one; the detail of the
+    event the source task records about it (``"on_failure: invoking ..."``), else None."""
+    key, target = destination_of(record, on_success, on_failure)
+    if target is None:
+        return None
+    task_id = destination_task_id(record, key)
+    said = invoke(target, task_id, destination_payload(record), record.task_id)
+    return f"{key}: {said}"
 
 
 def destination_task_id(record: TaskRecord, key: str) -> str:

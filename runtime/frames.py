@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from . import codec
 from .errors import StintError
 
 PROTOCOL = "stint-worker/3"
@@ -118,17 +119,7 @@ def is_value(data: Any) -> bool:
     if type(data) is not bytes or len(data) > MAX_VALUE:
         return False
     try:
-        msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            max_str_len=len(data),
-            max_bin_len=len(data),
-            max_array_len=len(data),
-            max_map_len=len(data),
-            max_ext_len=0,
-            ext_hook=_refuse_ext,
-        )
+        codec.decode(data)  # the very decoder the record's result goes through later
     except Exception:  # any failure of the decoder means: not a valid value
         return False
     return True

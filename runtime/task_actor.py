@@ -19,7 +19,7 @@ from typing import Any
 from actors import Actor, TimerHandle
 
 from .context import TaskContext
-from .destinations import destination_of, destination_payload, destination_task_id
+from .destinations import invoke_destination
 from .errors import RuntimeClosedError, TaskFinishedError
 from .instances.base import NOT_DECODED, Attempt, Slot
 from .messages import Recover
@@ -132,15 +132,11 @@ class TaskActor(Actor):
 
     def _destination(self, on_success: str | None, on_failure: str | None) -> None:
         """Invoke the destination for this end, if any, and say so in an event."""
-        record = self.record
-        key, target = destination_of(record, on_success, on_failure)
-        if target is None:
-            return
-        task_id = destination_task_id(record, key)
-        said = self.services.invoke_destination(
-            target, task_id, destination_payload(record), record.task_id
+        said = invoke_destination(
+            self.record, on_success, on_failure, self.services.invoke_destination
         )
-        self._note(f"{key}: {said}")
+        if said is not None:
+            self._note(said)
 
     def _uncount(self) -> None:
         if self.counted:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from actors import ActorRef
 
 from ..config import FunctionConfig, FunctionSpec, config_from_wire
-from ..destinations import destination_of, destination_payload, destination_task_id
+from ..destinations import invoke_destination
 from ..errors import (
     RuntimeClosedError,
     StoreError,
@@ -289,14 +289,12 @@ class ClusterTasks:
         """A task this node ended outside any task actor (deleted with its function): its
         on_failure destination, as a task actor would invoke it, told in one more event
         (the Invalid write came first, so a task another node took meanwhile gets none)."""
-        key, target = destination_of(record, config.on_success, config.on_failure)
-        if target is None:
-            return
-        task_id = destination_task_id(record, key)
-        said = self.rt._invoke_destination(
-            target, task_id, destination_payload(record), record.task_id
+        said = invoke_destination(
+            record, config.on_success, config.on_failure, self.rt._invoke_destination
         )
-        record._events.append((NAME[S.INVALID], self.rt.clock.time(), f"{key}: {said}"))
+        if said is None:
+            return
+        record._events.append((NAME[S.INVALID], self.rt.clock.time(), said))
         written = dataclasses.replace(stored, status="Invalid")
         await self.store.transition_now(_cas(written, "Invalid", record, scripts.FINAL))
 

@@ -32,12 +32,18 @@ pytestmark = pytest.mark.redis
 Refusal = tuple[str, str, WriteCode, str]
 
 
-def make_writer(node: Node, refused: list[Refusal] | None = None) -> RecordWriter:
+def make_writer(
+    node: Node, refused: list[Refusal] | None = None, records: Any = None
+) -> RecordWriter:
+    """A writer for ``node`` (on ``records`` if given: a stand-in that wraps the node's)."""
+
     def on_refused(task_id: str, item: Transition, result: WriteResult) -> None:
         if refused is not None:
             refused.append((task_id, item.new_status, result.code, result.detail))
 
-    return RecordWriter(node.records, node.node_id, pack=str.encode, on_refused=on_refused)
+    return RecordWriter(
+        records or node.records, node.node_id, pack=str.encode, on_refused=on_refused
+    )
 
 
 async def status_of(node: Node, task_id: str) -> tuple[str, bytes]:
@@ -326,11 +332,7 @@ async def test_a_task_taken_again_before_its_release_is_settled_stays_held(
         [claimed] = await a.fetch("f", 1)
         refused: list[Refusal] = []
         late = RepliesLate(a.records)
-
-        def on_refused(task_id: str, item: Transition, result: WriteResult) -> None:
-            refused.append((task_id, item.new_status, result.code, result.detail))
-
-        writer = RecordWriter(late, "a", pack=str.encode, on_refused=on_refused)  # type: ignore[arg-type]
+        writer = make_writer(a, refused, records=late)
         writer.own("t1", claimed.epoch, claimed.status)
         writer.put("t1", "Retrying", "rec-retrying", ACK | RELEASE)
         writing = asyncio.ensure_future(writer.flush())

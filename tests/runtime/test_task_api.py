@@ -713,8 +713,8 @@ async def test_function_stats_nodes_and_ping(make_runtime: RuntimeFactory) -> No
     }
     [node] = await rt.nodes()
     assert node.node_id == "node-a" and node.functions == ("fn",)
-    if rt.store.shared:  # as of its last heartbeat (every lease/3), maybe before the invokes
-        assert node.in_flight in (0, 1, 2) and node.heartbeat_at >= node.started_at
+    if rt.store.shared:  # in_flight is as of its last heartbeat (every lease/3): not checked
+        assert node.heartbeat_at >= node.started_at
     else:
         assert node.in_flight == 2
     await rt.ping_store()

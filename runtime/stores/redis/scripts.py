@@ -72,22 +72,30 @@ end
 
 -- Trim every stream this script acknowledged in: entries below both the oldest pending
 -- one and the group's last delivered one are all acknowledged (whole nodes go: '~').
+-- The workers group of stream q as a table of XINFO GROUPS fields, or nil (no stream,
+-- no group).
+local function group_of(q)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', q)
+  for _, g in ipairs(ok and groups or {}) do
+    local info = {}
+    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+    if info['name'] == GROUP then return info end
+  end
+  return nil
+end
+
 local function trim_acked()
   for q in pairs(acked) do
     local ok, summary = pcall(redis.call, 'XPENDING', q, GROUP)
-    local groups = ok and redis.call('XINFO', 'GROUPS', q) or {}
-    for _, g in ipairs(groups) do
-      local info = {}
-      for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
-      if info['name'] == GROUP then
-        local ms, seq = id_parts(info['last-delivered-id'])
-        local keep = ms .. '-' .. (seq + 1)
-        if summary[1] > 0 then
-          local pms, pseq = id_parts(summary[2])
-          if pms < ms or (pms == ms and pseq <= seq) then keep = summary[2] end
-        end
-        redis.call('XTRIM', q, 'MINID', '~', keep)
+    local info = ok and group_of(q) or nil
+    if info then
+      local ms, seq = id_parts(info['last-delivered-id'])
+      local keep = ms .. '-' .. (seq + 1)
+      if summary[1] > 0 then
+        local pms, pseq = id_parts(summary[2])
+        if pms < ms or (pms == ms and pseq <= seq) then keep = summary[2] end
       end
+      redis.call('XTRIM', q, 'MINID', '~', keep)
     end
   end
 end
@@ -102,21 +110,12 @@ local function push(fn, id)
   return redis.call('XADD', q, '*', 't', id)
 end
 
--- Entries of fn's stream not yet delivered to any node (counting stops at cap + 1).
-local function queue_depth(fn, cap)
-  local q = qkey(fn)
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', q)
-  for _, g in ipairs(ok and groups or {}) do
-    local info = {}
-    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
-    if info['name'] == GROUP then
-      if info['lag'] then return info['lag'] end
-      -- deletions hide the lag: count what follows the last delivered entry
-      local after = '(' .. info['last-delivered-id']
-      return #redis.call('XRANGE', q, after, '+', 'COUNT', cap + 1)
-    end
-  end
-  return 0
+-- Entries of stream q not yet delivered to any node, given its group (counting stops at
+-- cap + 1 when deletions hide the group's lag).
+local function undelivered(q, info, cap)
+  if not info then return 0 end
+  if info['lag'] then return info['lag'] end
+  return #redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', cap + 1)
 end
 
 -- The stream entry eid (of task id) was delivered to node: take the task if it may.
@@ -161,7 +160,9 @@ local depths = {}  -- per function, read once per call and counted up as tasks a
 for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
   local id, fn, created, blob, due, cap = item[1], item[2], item[3], item[4], item[5], item[6]
   local key = tkey(id)
-  if cap > 0 and due == '' and depths[fn] == nil then depths[fn] = queue_depth(fn, cap) end
+  if cap > 0 and due == '' and depths[fn] == nil then
+    depths[fn] = undelivered(qkey(fn), group_of(qkey(fn)), cap)
+  end
   if redis.call('EXISTS', key) == 1 then
     out[#out + 1] = 2
   elseif redis.call('SISMEMBER', fns, fn) == 0 then
@@ -548,21 +549,9 @@ QUEUE_STATS = r"""
 local out = {}
 for i = 2, #ARGV do
   local q = qkey(ARGV[i])
-  local depth, pending = 0, 0
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', q)
-  for _, g in ipairs(ok and groups or {}) do
-    local info = {}
-    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
-    if info['name'] == GROUP then
-      pending = info['pending']
-      depth = info['lag']
-      if not depth then  -- deletions hide the lag: count what follows the last delivered
-        depth = #redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', 100000)
-      end
-    end
-  end
-  out[#out + 1] = depth
-  out[#out + 1] = pending
+  local info = group_of(q)
+  out[#out + 1] = undelivered(q, info, 99999)
+  out[#out + 1] = info and info['pending'] or 0
 end
 return out
 """
