@@ -745,7 +745,12 @@ class Runtime:
             if record.is_terminal:
                 return record.copy()
         try:
-            return await self._waits.wait_finished(task_id, timeout)
+            if self._cluster is None:
+                return await self._waits.wait_finished(task_id, timeout)
+            async with asyncio.timeout(timeout):  # its end, then its end in Redis too
+                record = await self._waits.wait_finished(task_id, None)
+                await self._cluster.landed(task_id)
+                return record
         except TimeoutError:
             now = await self._store.get(task_id)
             status = now.status if now is not None else "unknown"

@@ -104,6 +104,21 @@ class Waits:
     def forget(self, task_id: str, waiter: asyncio.Future[None]) -> None:
         _discard(self.watched, task_id, waiter)
 
+    def expect_finished(self, task_id: str) -> asyncio.Future[TaskRecord]:
+        """A future answered by :meth:`finished` with the task's record at its end, should
+        it end in a task actor here; :meth:`forget_finished` it after.
+
+        For a wait on a task held elsewhere that this node may yet take (a shared
+        store): it ends here as it would for a task that was held here all along."""
+        if self._closed:
+            raise RuntimeClosedError("the runtime is closed")
+        waiter: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        self._done.setdefault(task_id, []).append(waiter)
+        return waiter
+
+    def forget_finished(self, task_id: str, waiter: asyncio.Future[TaskRecord]) -> None:
+        _discard(self._done, task_id, waiter)
+
     async def join(
         self, name: str | None, timeout: float | None, is_idle: Callable[[str | None], bool]
     ) -> None:

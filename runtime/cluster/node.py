@@ -79,6 +79,7 @@ class ClusterNode:
         self._hooks = hooks
         # _known: what a fetch whose reply was lost claimed is found, and taken back
         self.source = SharedSource(store.queue, hooks.adopt, store.nodes.lease_valid, self._known)
+        store.invokes.taker = self.source  # what this node invokes and serves, it takes at once
         self._control = ControlChannel(store.conn, store.node_id)
         self.reclaimer = Reclaimer(store.conn, store.node_id)
         self._feed = ChangeFeed(store.conn, hooks.changed, hooks.gap)
@@ -135,6 +136,7 @@ class ClusterNode:
 
     async def stop_taking_work(self) -> None:
         """The runtime closes: no more fetching (what this node holds goes on)."""
+        self.store.invokes.taker = None
         if self._loops:
             await cancel_and_wait(self._loops[0])
 
@@ -249,7 +251,7 @@ class ClusterNode:
     async def _adopt_own_pending(self) -> None:
         try:
             functions = await self.store.functions.names()
-            claimed = await self.store.queue.adopt(functions, self._known())
+            claimed = await self.source.take_back(functions)
         except StoreError as exc:
             logger.warning("stint: could not look for this node's own pending tasks: %s", exc)
             return

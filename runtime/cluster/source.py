@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import StoreError
 from ..loop import cancel_and_wait
 from ..stores.redis.client import Backoff
-from ..stores.redis.queue import Claimed, RedisQueue
+from ..stores.redis.queue import MAX_FETCH, Claimed, Fetched, RedisQueue, entry_order
 
 logger = logging.getLogger("stint")
 
@@ -44,20 +45,88 @@ class SharedSource:
         self._maybe_lost = False  # a fetch failed: Redis may have applied it, reply lost
         self._wanted: dict[str, int] = {}
         self._more = asyncio.Event()  # capacity grew (or a function came): look again now
+        self._nudge: asyncio.Future[None] | None = None  # ends a wait for entries (want)
+        #: functions whose stream the last look (a fetch, or an invoke's take) emptied: a
+        #: slot freed under a light load costs Redis nothing (see want)
+        self._drained: set[str] = set()
+        #: per function: the last entry a look that emptied its stream saw (delivered)
+        self._seen: dict[str, str] = {}
+        #: slots promised to calls in flight that take tasks (this loop's fetch, and the
+        #: invokes that take their own tasks: see reserve), per function
+        self._reserved: dict[str, int] = {}
+        self._takes = 0  # invoke calls in flight that take tasks
+        self._no_takes = asyncio.Event()  # set while _takes is 0 (a lost reply is looked for)
+        self._no_takes.set()
+        self._adopting = False  # a look for lost replies' tasks is under way: no takes
+        self._exclusive = asyncio.Lock()  # a fetch, or a look for lost replies' tasks
         self._backoff = Backoff()
         # The wait for new entries has a connection of its own, and outlives a wake-up by
         # capacity: it is left running rather than cancelled (see BlockingReader), and
         # the next wait picks it up. Only closing ends it early, by interrupting it.
         self._reader = queue.conn.blocking_reader("fetch")
-        self._watch: asyncio.Task[set[str]] | None = None
+        self._watch: asyncio.Task[dict[str, str]] | None = None
         self.fetched = 0  #: tasks taken from the cluster's streams (metrics)
+        self.node = queue.node  #: (for the invoke batcher: see reserve)
 
     def want(self, function: str, free: int) -> None:
         """A pool has ``free`` slots (beyond what it holds queued already)."""
         before = self._wanted.get(function, 0)
         self._wanted[function] = free
-        if free > before:
-            self._more.set()
+        # More room for a function whose stream the last look emptied needs no fetch (a
+        # new entry ends the wait for entries), unless it had none: then it was not
+        # looked at (nor watched) while full.
+        if free > before and (before <= 0 or function not in self._drained):
+            self._drained.discard(function)
+            self._look_again()
+
+    def _look_again(self) -> None:
+        self._more.set()
+        if self._nudge is not None and not self._nudge.done():
+            self._nudge.set_result(None)
+
+    def _free(self, function: str) -> int:
+        """Slots of ``function`` no call in flight has been promised yet."""
+        return self._wanted.get(function, 0) - self._reserved.get(function, 0)
+
+    def _promise(self, take: Mapping[str, int], sign: int) -> None:
+        for function, n in take.items():
+            left = self._reserved.get(function, 0) + sign * n
+            if left > 0:
+                self._reserved[function] = left
+            else:
+                self._reserved.pop(function, None)
+
+    # the invoke batcher's taker (a node that invokes what it serves takes its own tasks) --
+
+    def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """How many new tasks of each function the invoke call under way may take for this
+        node: free slots no other call was promised, at most as many as it invokes."""
+        if self._maybe_lost or self._adopting or not self._lease_valid():
+            return {}  # a lost reply is looked for first, with no call taking meanwhile
+        take = {}
+        for function, n in counts.items():
+            k = min(self._free(function), n, MAX_FETCH)
+            if k > 0:
+                take[function] = k
+        if take:
+            self._promise(take, +1)
+            self._takes += 1
+            self._no_takes.clear()
+        return take
+
+    def taken(self, take: Mapping[str, int], fetched: Fetched | None) -> None:
+        """The invoke call that reserved ``take`` ended: hand over what it took."""
+        self._promise(take, -1)
+        self._takes -= 1
+        if not self._takes:
+            self._no_takes.set()
+        if fetched is None:  # failed: Redis may have applied it and the reply is lost
+            self._maybe_lost = True
+            self._look_again()
+        elif not fetched.lapsed:
+            self._deliver(fetched)
+            if not self._note_drained(fetched, take):
+                self._look_again()  # it took all it asked for: the stream may hold more
 
     def stop_serving(self, function: str) -> None:
         self._wanted.pop(function, None)
@@ -84,15 +153,13 @@ class SharedSource:
     async def _fetch_loop(self) -> None:
         failures = 0
         while True:
-            wanted = {fn: n for fn, n in self._wanted.items() if n > 0}
+            wanted = {fn: min(n, MAX_FETCH) for fn in self._wanted if (n := self._free(fn)) > 0}
             if not wanted or not self._lease_valid():
                 await self._pause(None)
                 continue
             self._more.clear()
             try:
-                if self._maybe_lost:
-                    await self._take_back_lost(wanted)
-                fetched = await self._queue.fetch(wanted)
+                fetched = await self._fetch(wanted)
             except StoreError as exc:
                 self._maybe_lost = True
                 if not failures:
@@ -104,25 +171,68 @@ class SharedSource:
             if fetched.lapsed:
                 await self._pause(_WAIT)  # the heartbeat comes back (or the node stays out)
                 continue
-            got = 0
-            for function, items in fetched.claimed.items():
-                if items:
-                    got += len(items)
-                    self._wanted[function] = max(0, self._wanted.get(function, 0) - len(items))
-                    self._adopt(items)
-            self.fetched += got
-            if not got:
+            self._deliver(fetched)
+            if self._note_drained(fetched, wanted):
                 await self._wait_for_entries(fetched.last_ids)
+
+    async def _fetch(self, wanted: dict[str, int]) -> Fetched:
+        """One fetch of ``wanted`` (those slots promised to it while it is in flight)."""
+        self._promise(wanted, +1)
+        try:
+            if self._maybe_lost:
+                await self._take_back_lost(wanted)
+            async with self._exclusive:
+                return await self._queue.fetch(wanted)
+        finally:
+            self._promise(wanted, -1)
+
+    def _note_drained(self, fetched: Fetched, asked: Mapping[str, int]) -> bool:
+        """Note which streams a look emptied; True if it emptied every one it looked at.
+
+        Fewer than asked for, or up to the stream's last entry: the stream had no more
+        then, so a fetch now would find nothing (new entries end the wait for entries
+        instead). Otherwise there may be more."""
+        emptied_all = True
+        for function, items in fetched.claimed.items():
+            last = fetched.last_ids.get(function, "0-0")
+            if len(items) < asked.get(function, 0) or items[-1].stream_id == last:
+                self._drained.add(function)
+                seen = self._seen.get(function, "0-0")
+                self._seen[function] = max(last, seen, key=entry_order)
+            else:
+                self._drained.discard(function)
+                emptied_all = False
+        return emptied_all
+
+    def _deliver(self, fetched: Fetched) -> None:
+        """Hand what a call took to the pools (their free slots go down by as much)."""
+        for function, items in fetched.claimed.items():
+            if items:
+                self.fetched += len(items)
+                self._wanted[function] = max(0, self._wanted.get(function, 0) - len(items))
+                self._adopt(items)
 
     async def _take_back_lost(self, functions: dict[str, int]) -> None:
         """A fetch whose reply was lost may have claimed tasks this node never heard of:
         they would stay its own, queued nowhere, until it died. Claim them again (between
         fetches, as ``RedisQueue.adopt`` requires) and recover them."""
-        claimed = await self._queue.adopt(functions, self._held())
+        claimed = await self.take_back(functions)
         self._maybe_lost = False
         if claimed:
             logger.warning("stint: took back %d task(s) a lost fetch reply left", len(claimed))
             self._adopt(claimed)
+
+    async def take_back(self, functions: Iterable[str]) -> list[Claimed]:
+        """Claim again the entries of this node's own pending lists that it does not hold
+        (``RedisQueue.adopt``): with no fetch and no taking invoke under way, whose
+        entries would look lost while their reply is on its way."""
+        async with self._exclusive:
+            self._adopting = True
+            try:
+                await self._no_takes.wait()
+                return await self._queue.adopt(functions, self._held())
+            finally:
+                self._adopting = False
 
     async def _pause(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -132,19 +242,41 @@ class SharedSource:
 
     async def _wait_for_entries(self, last_ids: dict[str, str]) -> None:
         """Until a stream has something new, capacity grows, or a second passes."""
-        if self._watch is None:
-            self._watch = asyncio.ensure_future(
-                self._queue.wait_for_entries(last_ids, _WAIT, reader=self._reader)
-            )
-        # A watch left from an earlier wait looks after older ids: at worst it ends at
-        # once and costs one fetch that finds nothing.
-        watch = self._watch
-        more = asyncio.ensure_future(self._more.wait())
-        try:
-            await asyncio.wait([watch, more], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(more)
-        if watch.done():
+        while not self._more.is_set():  # (capacity grew since the fetch: fetch again first)
+            if self._watch is None:
+                after = {
+                    fn: max(i, self._seen.get(fn, i), key=entry_order) for fn, i in last_ids.items()
+                }
+                self._watch = asyncio.ensure_future(
+                    self._queue.first_new_entries(after, _WAIT, reader=self._reader)
+                )
+            # A watch left from an earlier wait looks after older ids: at worst it ends at
+            # once and costs one fetch that finds nothing.
+            watch = self._watch
+            # A plain future want() answers, not a task on the event: a wake-up costs no hop.
+            nudge = self._nudge = asyncio.get_running_loop().create_future()
+            either: list[asyncio.Future[Any]] = [watch, nudge]
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._nudge = None
+            if not watch.done():
+                return  # capacity grew
             self._watch = None
-            if not watch.cancelled() and watch.exception() is not None:
+            if watch.cancelled():
+                return
+            if watch.exception() is not None:
                 await asyncio.sleep(self._backoff.delay(0))  # Redis is away: do not spin
+                return
+            found = watch.result()
+            if found and self._takes:
+                # Most likely an invoke's take here: its reply, due now, says what it took
+                # (the wake-up may come first).
+                await self._no_takes.wait()
+            if not found or not all(self._was_seen(fn, i) for fn, i in found.items()):
+                return  # new entries (or a quiet second): fetch
+            # Only entries an invoke's take here emptied the stream of: wait after them.
+
+    def _was_seen(self, function: str, entry_id: str) -> bool:
+        seen = self._seen.get(function)
+        return seen is not None and entry_order(entry_id) <= entry_order(seen)

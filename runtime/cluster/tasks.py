@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from actors import ActorRef
 
@@ -48,6 +48,7 @@ S = TaskState
 POLL = 1.0  # seconds between looks at a task held elsewhere (notifications may be lost)
 _QUEUED_NOW = frozenset({"Enqueued", "Dequeued"})
 _WAKE = Wake()
+_FIRST = asyncio.FIRST_COMPLETED
 
 
 class ClusterTasks:
@@ -206,13 +207,22 @@ class ClusterTasks:
             async with asyncio.timeout(timeout):
                 while True:
                     waiter = waits.expect(task_id)
+                    # Taken by this node meanwhile, it ends in a task actor here: answered
+                    # then as a wait on a task held here is, without another read.
+                    ended = waits.expect_finished(task_id)
                     try:
                         record = await self._read(task_id)
                         if record.is_terminal:
                             return record.copy()
-                        await asyncio.wait([waiter], timeout=POLL)
+                        either: list[asyncio.Future[Any]] = [waiter, ended]
+                        await asyncio.wait(either, timeout=POLL, return_when=_FIRST)
+                        if ended.done():
+                            record = ended.result()
+                            await self.landed(task_id)
+                            return record
                     finally:
                         waits.forget(task_id, waiter)
+                        waits.forget_finished(task_id, ended)
         except TimeoutError:
             now = await self.rt._store.get(task_id)
             status = now.status if now is not None else "unknown"
@@ -220,6 +230,10 @@ class ClusterTasks:
                 f"task {task_id} is still {status} after {timeout} s; wait longer, "
                 "or stop it with rt.stop"
             ) from None
+
+    async def landed(self, task_id: str) -> None:
+        """Until this node's write that ended ``task_id`` is in Redis (see RedisStore.landed)."""
+        await self.store.landed(task_id)
 
     async def _read(self, task_id: str) -> TaskRecord:
         try:

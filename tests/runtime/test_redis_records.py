@@ -21,6 +21,7 @@ from runtime.stores.redis import (
     WriteCode,
     records,
 )
+from runtime.stores.redis.queue import parse_fetched
 from runtime.stores.redis.records import BATCH
 from tests.conftest import eventually
 from tests.runtime.redis_helpers import blob, keys_of, open_nodes, zmembers
@@ -447,3 +448,51 @@ async def test_a_deleted_functions_queued_tasks_can_be_ended(redis_url: str) -> 
         assert await a.queue.due_count() == 0
         assert await a.fetch("f", 10) == []
         assert (await a.move(running, "Running")).ok
+
+
+async def test_a_task_moved_twice_in_one_batch_ends_in_one_status_index(redis_url: str) -> None:
+    # Index changes are applied per key at the end of a script: a task that moves twice
+    # in one call must not be left in both new indexes (nor in its first one).
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1", "t2")
+        claimed = {c.task_id: c for c in await a.fetch("f", 2)}
+        t1 = claimed["t1"]
+        items = [
+            Transition("t1", t1.status, "a", t1.epoch, "Dequeued", b"d"),
+            Transition("t1", "Dequeued", "a", t1.epoch, "Running", b"r"),
+            Transition("t2", claimed["t2"].status, "a", claimed["t2"].epoch, "Dequeued", b"d"),
+        ]
+        results = await a.records.transition(items, node="a")
+        assert [r.code for r in results] == [WriteCode.WRITTEN] * 3
+        assert await zmembers(a.conn, a.keys.idx_status("Enqueued")) == []
+        assert await zmembers(a.conn, a.keys.idx_status("Dequeued")) == ["t2"]
+        assert await zmembers(a.conn, a.keys.idx_status("Running")) == ["t1"]
+        assert await zmembers(a.conn, a.keys.idx_function_status("f", "Running")) == ["t1"]
+        assert await zmembers(a.conn, a.keys.idx_function_status("f", "Dequeued")) == ["t2"]
+
+
+async def test_invoke_and_take_claims_for_the_invoking_node_in_the_same_call(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f", "g")
+        tasks = [NewTask(f"t{i}", "f", 1000.0 + i, blob(f"t{i}")) for i in range(3)]
+        tasks.append(NewTask("later", "f", 1003.0, blob("later"), delay_ms=60_000))
+        codes, raw = await a.records.invoke_and_take(tasks, "a", {"f": 2, "g": 1})
+        assert codes == [InvokeCode.STORED] * 4
+        fetched = parse_fetched(raw)
+        assert [c.task_id for c in fetched.claimed["f"]] == ["t0", "t1"]  # oldest first
+        assert fetched.claimed["g"] == []
+        assert all(c.epoch == 1 and c.status == "Enqueued" for c in fetched.claimed["f"])
+        assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=1, pending=2)}
+        assert [c.task_id for c in await a.fetch("f", 5)] == ["t2"]  # the rest stays queued
+
+
+async def test_a_lapsed_node_takes_nothing_when_it_invokes(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.conn.command("DEL", a.keys.node("a"))  # its heartbeat is gone
+        codes, raw = await a.records.invoke_and_take([NewTask("t1", "f", 1.0, b"x")], "a", {"f": 1})
+        assert codes == [InvokeCode.STORED] and parse_fetched(raw).lapsed
+        assert await a.queue.stats(["f"]) == {"f": QueueStats(depth=1, pending=0)}

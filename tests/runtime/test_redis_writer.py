@@ -25,6 +25,8 @@ from runtime.stores.redis import (
     WriteResult,
 )
 from runtime.stores.redis.client import MAX_CONNECTIONS
+from runtime.stores.redis.writer import HOLD
+from tests.conftest import eventually
 from tests.runtime.redis_helpers import Node, open_nodes
 
 pytestmark = pytest.mark.redis
@@ -33,7 +35,7 @@ Refusal = tuple[str, str, WriteCode, str]
 
 
 def make_writer(
-    node: Node, refused: list[Refusal] | None = None, records: Any = None
+    node: Node, refused: list[Refusal] | None = None, records: Any = None, hold: float = 0.0
 ) -> RecordWriter:
     """A writer for ``node`` (on ``records`` if given: a stand-in that wraps the node's)."""
 
@@ -42,7 +44,7 @@ def make_writer(
             refused.append((task_id, item.new_status, result.code, result.detail))
 
     return RecordWriter(
-        records or node.records, node.node_id, pack=str.encode, on_refused=on_refused
+        records or node.records, node.node_id, pack=str.encode, on_refused=on_refused, hold=hold
     )
 
 
@@ -94,6 +96,40 @@ async def test_changes_made_during_a_write_form_the_next_batch(redis_url: str) -
         assert writer.batches == 2 and writer.written == 100
         assert writer.ownership("t7") == (1, "Running")
         assert await status_of(a, "t7") == ("Running", b"t7-r")
+
+
+async def test_a_change_without_flags_waits_for_the_attempts_end_to_share_its_write(
+    redis_url: str,
+) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "quick", "slow")
+        writer = make_writer(a, hold=HOLD)
+        for claimed in await a.fetch("f", 2):
+            writer.own(claimed.task_id, claimed.epoch, claimed.status)
+        writer.put("quick", "Running", "r")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert writer.batches == 0  # held: the attempt may end within HOLD
+        writer.put("quick", "Succeeded", "s", FINAL)  # a flagged change starts it at once
+        await writer.flush()
+        assert (writer.batches, writer.written) == (1, 1)
+        assert await status_of(a, "quick") == ("Succeeded", b"s")
+        writer.put("slow", "Running", "r")  # nothing follows: written once HOLD is over
+        await eventually(lambda: writer.written == 2, timeout=2)
+        assert await status_of(a, "slow") == ("Running", b"r")
+
+
+async def test_flush_does_not_wait_out_a_held_change(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        writer = make_writer(a, hold=3600.0)
+        [claimed] = await a.fetch("f", 1)
+        writer.own("t1", claimed.epoch, claimed.status)
+        writer.put("t1", "Running", "r")
+        await writer.flush(timeout=5)
+        assert await status_of(a, "t1") == ("Running", b"r")
 
 
 async def test_a_release_gives_the_task_up(redis_url: str) -> None:

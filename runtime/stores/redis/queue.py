@@ -91,19 +91,7 @@ class RedisQueue:
                 args += (function, min(count, MAX_FETCH))
         if len(args) == 2:
             return Fetched({}, {})
-        reply = await self.conn.run(scripts.fetch, args)
-        if reply[0] == -1:
-            return Fetched({}, {}, lapsed=True)
-        claimed: dict[str, list[Claimed]] = {}
-        last_ids: dict[str, str] = {}
-        at = 1
-        while at < len(reply):
-            function, last, count = text(reply[at]), text(reply[at + 1]), int(reply[at + 2])
-            at += 3
-            claimed[function] = parse_claimed(function, reply[at : at + 6 * count])
-            last_ids[function] = last
-            at += 6 * count
-        return Fetched(claimed, last_ids)
+        return parse_fetched(await self.conn.run(scripts.fetch, args))
 
     async def wait_for_entries(
         self,
@@ -118,8 +106,18 @@ class RedisQueue:
         fetch again to see), or an empty set after ``timeout`` seconds (capped a
         little under the socket timeout; call again to wait longer).
         """
+        return set(await self.first_new_entries(after, timeout, reader=reader))
+
+    async def first_new_entries(
+        self,
+        after: Mapping[str, str],
+        timeout: float,
+        *,
+        reader: BlockingReader | None = None,
+    ) -> dict[str, str]:
+        """As :meth:`wait_for_entries`, with the id of each function's first new entry."""
         if not after:
-            return set()
+            return {}
         block_ms = max(1, int(min(timeout, MAX_BLOCK) * 1000))
         streams = [self.keys.stream(function) for function in after]
         calls = self.conn if reader is None else reader  # the latter: a connection of its own
@@ -127,10 +125,14 @@ class RedisQueue:
             "XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *after.values()
         )
         if not reply:
-            return set()
-        names = reply.keys() if isinstance(reply, dict) else (item[0] for item in reply)
+            return {}
+        pairs = reply.items() if isinstance(reply, dict) else ((i[0], i[1]) for i in reply)
         start = len(self.keys.base) + 2  # "<prefix>:q:"
-        return {text(name)[start:] for name in names}
+        found: dict[str, str] = {}
+        for name, entries in pairs:
+            if entries:
+                found[text(name)[start:]] = text(entries[0][0])
+        return found
 
     async def move_due(self, limit: int = 1000) -> tuple[int, float | None]:
         """Queue every retry or delayed start that is due (by Redis' clock), up to ``limit``.
@@ -204,6 +206,30 @@ class RedisQueue:
         """Tasks waiting out a retry backoff or a delayed start (all functions)."""
         count: int = await self.conn.command("ZCARD", self.keys.due)
         return count
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("<ms>-<seq>") as something that sorts as Redis orders them."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def parse_fetched(reply: list[Any]) -> Fetched:
+    """A FETCH reply (or the taking part of an INVOKE_BATCH reply) as Fetched."""
+    if not reply:
+        return Fetched({}, {})
+    if reply[0] == -1:
+        return Fetched({}, {}, lapsed=True)
+    claimed: dict[str, list[Claimed]] = {}
+    last_ids: dict[str, str] = {}
+    at = 1
+    while at < len(reply):
+        function, last, count = text(reply[at]), text(reply[at + 1]), int(reply[at + 2])
+        at += 3
+        claimed[function] = parse_claimed(function, reply[at : at + 6 * count])
+        last_ids[function] = last
+        at += 6 * count
+    return Fetched(claimed, last_ids)
 
 
 def parse_claimed(function: str, flat: list[Any]) -> list[Claimed]:

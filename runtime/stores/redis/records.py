@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -133,7 +133,21 @@ class RecordStore:
         was stored (or, if the connection broke mid-call, whole chunks of
         ``BATCH`` may have been).
         """
-        calls: builtins.list[tuple[str, bytes]] = []
+        codes, _ = await self.invoke_and_take(tasks, "", {})
+        return codes
+
+    async def invoke_and_take(
+        self, tasks: Sequence[NewTask], node: str, take: Mapping[str, int]
+    ) -> tuple[builtins.list[InvokeCode], Any]:
+        """``invoke_many``, then (in the same call as the last chunk) ``node`` takes up to
+        ``take[fn]`` new entries of each function as ``RedisQueue.fetch`` would.
+
+        Returns the codes and the taking's raw reply (``queue.parse_fetched`` reads
+        it; an empty list when nothing was taken). A failure raises as invoke_many,
+        and may have taken tasks whose reply was lost: recover them with
+        ``RedisQueue.adopt``.
+        """
+        calls: builtins.list[builtins.list[Any]] = []
         for start in range(0, len(tasks), BATCH):
             items = [
                 (
@@ -146,12 +160,16 @@ class RecordStore:
                 )
                 for t in tasks[start : start + BATCH]
             ]
-            calls.append((self.keys.base, _pack(items)))
+            calls.append([self.keys.base, _pack(items)])
+        asked = [x for function, n in take.items() if n > 0 for x in (function, n)]
+        if asked and calls:
+            calls[-1] += [node, *asked]
         if len(calls) == 1:
             replies = [await self.conn.run(scripts.invoke_batch, calls[0])]
         else:
             replies = await self.conn.run_many(scripts.invoke_batch, calls)
-        return [InvokeCode(code) for reply in replies for code in reply]
+        codes = [InvokeCode(code) for reply in replies for code in reply[0]]
+        return codes, replies[-1][1] if replies else []
 
     async def transition(
         self, items: Sequence[Transition], *, node: str

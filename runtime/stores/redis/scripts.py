@@ -46,32 +46,56 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Index changes are collected over a script and applied as one ZREM or ZADD per key
+-- (both take many members): a script's cost is mostly per call, not per member. The
+-- removals go before the additions, which is right while each task moves once per
+-- flush: a task moved a second time flushes what is pending first.
+local zadds, zrems, moved = {}, {}, {}
+local function later(book, key, a, b)  -- append a (and b) to book[key]
+  local list = book[key]
+  if not list then list = {}; book[key] = list end
+  list[#list + 1] = a
+  if b ~= nil then list[#list + 1] = b end
+end
+-- cmd key [arg] <list...>, in calls of at most step list items (unpack has a limit).
+local function each_chunk(cmd, key, arg, list, step)
+  for i = 1, #list, step do
+    local last = math.min(i + step - 1, #list)
+    if arg then redis.call(cmd, key, arg, unpack(list, i, last))
+    else redis.call(cmd, key, unpack(list, i, last)) end
+  end
+end
+local function flush_index()
+  for key, ids in pairs(zrems) do each_chunk('ZREM', key, nil, ids, 2000) end
+  for key, pairs_ in pairs(zadds) do each_chunk('ZADD', key, nil, pairs_, 2000) end
+  zadds, zrems, moved = {}, {}, {}
+end
+local function index_add(key, score, id) later(zadds, key, score, id) end
+
 -- Move a task between the status indexes (all and by-function stay as they are).
 local function move_status(id, fn, created, old, new)
   if old == new then return end
+  if moved[id] then flush_index() end
+  moved[id] = true
   if old then
-    redis.call('ZREM', P .. 'i:st:' .. old, id)
-    redis.call('ZREM', P .. 'i:fs:' .. fn .. ':' .. old, id)
+    later(zrems, P .. 'i:st:' .. old, id)
+    later(zrems, P .. 'i:fs:' .. fn .. ':' .. old, id)
   end
-  redis.call('ZADD', P .. 'i:st:' .. new, created, id)
-  redis.call('ZADD', P .. 'i:fs:' .. fn .. ':' .. new, created, id)
+  index_add(P .. 'i:st:' .. new, created, id)
+  index_add(P .. 'i:fs:' .. fn .. ':' .. new, created, id)
 end
 
--- Acknowledge an entry. Acknowledged entries are trimmed once per script and stream
--- (trim_acked), which costs far less than an XDEL per entry.
+-- Acknowledge an entry. Acknowledgements are collected and sent as one XACK per stream
+-- at the end of the script (trim_acked), where acknowledged entries are also trimmed,
+-- which costs far less than an XDEL per entry.
 local acked = {}
-local function ack(q, eid)
-  redis.call('XACK', q, GROUP, eid)
-  acked[q] = true
-end
+local function ack(q, eid) later(acked, q, eid) end
 
 local function id_parts(id)
   local dash = string.find(id, '-', 1, true)
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
 end
 
--- Trim every stream this script acknowledged in: entries below both the oldest pending
--- one and the group's last delivered one are all acknowledged (whole nodes go: '~').
 -- The workers group of stream q as a table of XINFO GROUPS fields, or nil (no stream,
 -- no group).
 local function group_of(q)
@@ -84,8 +108,12 @@ local function group_of(q)
   return nil
 end
 
+-- Send the acknowledgements and trim every stream they were in: entries below both the
+-- oldest pending one and the group's last delivered one are all acknowledged (whole
+-- nodes go: '~').
 local function trim_acked()
-  for q in pairs(acked) do
+  for q, ids in pairs(acked) do
+    each_chunk('XACK', q, GROUP, ids, 2000)
     local ok, summary = pcall(redis.call, 'XPENDING', q, GROUP)
     local info = ok and group_of(q) or nil
     if info then
@@ -100,13 +128,16 @@ local function trim_acked()
   end
 end
 
--- Append a task to its function's stream (creating stream and group on first use).
+-- Append a task to its function's stream (creating stream and group on first use; a
+-- stream is looked for once per script).
+local streams = {}
 local function push(fn, id)
   local q = qkey(fn)
-  if redis.call('EXISTS', q) == 0 then
+  if not streams[q] and redis.call('EXISTS', q) == 0 then
     redis.call('XGROUP', 'CREATE', q, GROUP, '0', 'MKSTREAM')
     redis.call('SADD', P .. 'qs', fn)
   end
+  streams[q] = true
   return redis.call('XADD', q, '*', 't', id)
 end
 
@@ -126,7 +157,7 @@ end
 --   owned by another live node (a duplicate delivery): hand the entry back to that node.
 local function claim(q, eid, id, node, adopt)
   local key = tkey(id)
-  local h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec')
+  local h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec', 'epoch')
   local status, owner = h[1], h[2]
   if not status or h[3] ~= eid or TERMINAL[status] then
     ack(q, eid)
@@ -138,34 +169,77 @@ local function claim(q, eid, id, node, adopt)
     redis.call('XCLAIM', q, GROUP, owner, 0, eid, 'JUSTID')
     return nil
   end
-  redis.call('HSET', key, 'owner', node)
-  local epoch = redis.call('HINCRBY', key, 'epoch', 1)
+  local epoch = (tonumber(h[5]) or 0) + 1
+  redis.call('HSET', key, 'owner', node, 'epoch', epoch)
   return {id, eid, epoch, status, h[4], owner}
 end
 
 local function append(out, item)
   for _, v in ipairs(item) do out[#out + 1] = v end
 end
+
+-- For node, read at most count new entries of each function's stream (fn, count pairs
+-- from args[first] on) and claim their tasks. Returns {-1} when node's heartbeat is
+-- gone (a lapsed node takes no work), else {1, then per function: fn, last entry id
+-- ("0-0" if none), n, then n claimed items}. The caller calls trim_acked() after.
+local function take_new(node, args, first)
+  if redis.call('EXISTS', P .. 'node:' .. node) == 0 then return {-1} end
+  local out = {1}
+  for i = first, #args, 2 do
+    local fn, count = args[i], args[i + 1]
+    local q = qkey(fn)
+    local got = {}
+    local wanted = tonumber(count)
+    local more = redis.call('EXISTS', q) == 1
+    while more and #got < 6 * wanted do  -- skipped entries do not count: read on
+      local ask = wanted - #got / 6
+      local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask,
+        'STREAMS', q, '>')
+      if not ok then
+        if not string.find(tostring(res.err or res), 'NOGROUP', 1, true) then error(res) end
+        redis.call('XGROUP', 'CREATE', q, GROUP, '0')  -- the group was lost: deliver all again
+        res = redis.call('XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask, 'STREAMS', q, '>')
+      end
+      local entries = res and res[1][2] or {}
+      for _, e in ipairs(entries) do
+        local item = e[2] and claim(q, e[1], e[2][2], node, false)
+        if item then append(got, item) end
+      end
+      more = #entries == ask
+    end
+    local top = redis.call('XREVRANGE', q, '+', '-', 'COUNT', 1)
+    out[#out + 1] = fn
+    out[#out + 1] = top[1] and top[1][1] or '0-0'
+    out[#out + 1] = #got / 6
+    append(out, got)
+  end
+  return out
+end
 """
 
 # ARGV: P, items: a msgpack array of [id, fn, created, blob, delay_ms ("" = queue now),
-# max_queued (0 = no limit)].
-# Returns one code per item: 1 stored, 2 the id exists, 3 the function is not registered,
-# 4 the function's queue already holds max_queued entries not yet delivered.
+# max_queued (0 = no limit)], then optionally node and fn, count pairs: once the items
+# are queued, node (the invoking one, with free slots) takes up to count new entries of
+# each fn as FETCH would, in the same call.
+# Returns {codes, taken}: one code per item (1 stored, 2 the id exists, 3 the function
+# is not registered, 4 the function's queue already holds max_queued entries not yet
+# delivered), and what FETCH would return for the taking ({} if nothing was asked).
 INVOKE_BATCH = r"""
 local out, changed = {}, {}
 local fns = P .. 'fns'
 local now = nil
 local depths = {}  -- per function, read once per call and counted up as tasks are queued
+local known = {}  -- per function: is it registered (looked up once per call)
 for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
   local id, fn, created, blob, due, cap = item[1], item[2], item[3], item[4], item[5], item[6]
   local key = tkey(id)
   if cap > 0 and due == '' and depths[fn] == nil then
     depths[fn] = undelivered(qkey(fn), group_of(qkey(fn)), cap)
   end
+  if known[fn] == nil then known[fn] = redis.call('SISMEMBER', fns, fn) == 1 end
   if redis.call('EXISTS', key) == 1 then
     out[#out + 1] = 2
-  elseif redis.call('SISMEMBER', fns, fn) == 0 then
+  elseif not known[fn] then
     out[#out + 1] = 3
   elseif cap > 0 and due == '' and depths[fn] >= cap then
     out[#out + 1] = 4
@@ -180,15 +254,21 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
     end
     redis.call('HSET', key, 'rec', blob, 'status', 'Enqueued', 'fn', fn, 'created', created,
       'owner', '', 'epoch', 0, 'sid', sid, 'wtok', '')
-    redis.call('ZADD', P .. 'i:all', created, id)
-    redis.call('ZADD', P .. 'i:fn:' .. fn, created, id)
+    index_add(P .. 'i:all', created, id)
+    index_add(P .. 'i:fn:' .. fn, created, id)
     move_status(id, fn, created, nil, 'Enqueued')
     out[#out + 1] = 1
     changed[#changed + 1] = id
   end
 end
+flush_index()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
-return out
+local taken = {}
+if ARGV[3] then
+  taken = take_new(ARGV[3], ARGV, 4)
+  trim_acked()
+end
+return {out, taken}
 """
 
 # ARGV: P, node (the writer), max_age_ms, items: a msgpack array of [id, expected status,
@@ -231,7 +311,7 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
     end
     if bit.band(flags, 2) ~= 0 then  -- RELEASE
       fields[#fields + 1] = 'owner'; fields[#fields + 1] = ''
-      redis.call('HINCRBY', key, 'epoch', 1)
+      fields[#fields + 1] = 'epoch'; fields[#fields + 1] = (tonumber(epoch) or 0) + 1
       if due == '' then
         sid = push(fn, id)
       else
@@ -244,7 +324,7 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
     if bit.band(flags, 4) ~= 0 then  -- FINAL
       now = now or now_ms()
       redis.call('PEXPIRE', key, max_age)
-      redis.call('ZADD', P .. 'ended', now + max_age, fn .. SEP .. new .. SEP .. id)
+      index_add(P .. 'ended', now + max_age, fn .. SEP .. new .. SEP .. id)
     end
     if bit.band(flags, 16) ~= 0 and owner ~= '' then  -- NOTIFY
       redis.call('XADD', P .. 'ctl:' .. owner, 'MAXLEN', '~', 100000, '*', 't', id, 'by', node)
@@ -253,47 +333,18 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
     changed[#changed + 1] = id
   end
 end
+flush_index()
 trim_acked()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
 return out
 """
 
 # ARGV: P, node, then per function: fn, count. Reads at most count new entries of each
-# function's stream for node and claims their tasks (``claim`` above).
+# function's stream for node and claims their tasks (``take_new`` above).
 # Returns {-1} when node's heartbeat is gone (a lapsed node takes no work), else
 # {1, then per function: fn, last entry id ("0-0" if none), n, then n claimed items}.
 FETCH = r"""
-local node = ARGV[2]
-if redis.call('EXISTS', P .. 'node:' .. node) == 0 then return {-1} end
-local out = {1}
-for i = 3, #ARGV, 2 do
-  local fn, count = ARGV[i], ARGV[i + 1]
-  local q = qkey(fn)
-  local got = {}
-  local wanted = tonumber(count)
-  local more = redis.call('EXISTS', q) == 1
-  while more and #got < 6 * wanted do  -- skipped entries do not count: read on
-    local ask = wanted - #got / 6
-    local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask,
-      'STREAMS', q, '>')
-    if not ok then
-      if not string.find(tostring(res.err or res), 'NOGROUP', 1, true) then error(res) end
-      redis.call('XGROUP', 'CREATE', q, GROUP, '0')  -- the group was lost: deliver all again
-      res = redis.call('XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask, 'STREAMS', q, '>')
-    end
-    local entries = res and res[1][2] or {}
-    for _, e in ipairs(entries) do
-      local item = e[2] and claim(q, e[1], e[2][2], node, false)
-      if item then append(got, item) end
-    end
-    more = #entries == ask
-  end
-  local top = redis.call('XREVRANGE', q, '+', '-', 'COUNT', 1)
-  out[#out + 1] = fn
-  out[#out + 1] = top[1] and top[1][1] or '0-0'
-  out[#out + 1] = #got / 6
-  append(out, got)
-end
+local out = take_new(ARGV[2], ARGV, 3)
 trim_acked()
 return out
 """

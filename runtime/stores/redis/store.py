@@ -13,6 +13,7 @@ another node compares (``stored``, ``transition_now``). The cluster's moving par
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 from collections.abc import Awaitable, Callable
@@ -64,7 +65,11 @@ class RedisStore:
         self.conn = RedisConnection(options, client_name=f"stint:{node_id}")
         self.records = RecordStore(self.conn)
         self.writer = RecordWriter(
-            self.records, node_id, pack=pack_record, on_refused=self._refused
+            self.records,
+            node_id,
+            pack=pack_record,
+            on_refused=self._refused,
+            on_given_up=self._written,
         )
         self.invokes = InvokeBatcher(self.records)
         self.queue = RedisQueue(self.conn, node_id)
@@ -73,6 +78,10 @@ class RedisStore:
         )
         self.functions = FunctionRegistry(self.conn, node_id)
         self._held: dict[str, TaskRecord] = {}  # tasks this node holds: their freshest copy
+        #: tasks this node ended or gave back whose last write is not in yet: what ``get``
+        #: answers for them meanwhile (a wait answered here is followed by a true get)
+        self._leaving: dict[str, TaskRecord] = {}
+        self._landing: dict[str, asyncio.Future[None]] = {}  # waits for a _leaving write
         #: each function's ``max_queued`` as the invoking runtime knows it (set before add)
         self.queue_limits: dict[str, int] = {}
         #: told of writes Redis refused (set by the runtime's cluster node)
@@ -102,6 +111,8 @@ class RedisStore:
                     unwritten,
                     self.url,
                 )
+            for task_id in list(self._landing):
+                self._left(task_id)  # no write comes any more: nobody waits for one
             await self.invokes.close()
             try:
                 await self.nodes.leave()  # the others reclaim what this node still holds, now
@@ -153,10 +164,11 @@ class RedisStore:
         # A terminal status is final in Redis whatever the flags: acknowledged, kept
         # for max_age, then its index entries are swept.
         self._held.pop(record.task_id, None)
+        self._leaving[record.task_id] = record
         self.writer.put(record.task_id, NAME[record.status], record, scripts.FINAL)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        held = self._held.get(task_id)
+        held = self._held.get(task_id) or self._leaving.get(task_id)
         if held is not None:
             return held
         stored = await self.records.get(task_id)
@@ -178,7 +190,8 @@ class RedisStore:
         for blob in page.blobs:
             record = self._unpack("", blob)
             if record is not None:
-                found.append(self._held.get(record.task_id, record))
+                mine = self._held.get(record.task_id) or self._leaving.get(record.task_id)
+                found.append(mine or record)
         return found
 
     def evict(self) -> int:
@@ -189,12 +202,14 @@ class RedisStore:
     def hold(self, record: TaskRecord, epoch: int, status: str) -> None:
         """This node now holds the task (a fetch or a reclaim claimed it at ``epoch``)."""
         self._held[record.task_id] = record
+        self._left(record.task_id)
         self.writer.own(record.task_id, epoch, status)
 
     def release(self, record: TaskRecord, delay: float) -> None:
         """Give the task back to the cluster, queued again now or after ``delay`` seconds
         (on Redis' clock): whichever node has a free slot then takes it up."""
         self._held.pop(record.task_id, None)
+        self._leaving[record.task_id] = record
         delay_ms = round(delay * 1000) if delay > 0 else None
         self.writer.put(
             record.task_id, NAME[record.status], record, scripts.RELEASE, delay_ms=delay_ms
@@ -203,6 +218,7 @@ class RedisStore:
     def drop(self, task_id: str) -> None:
         """Forget a task this node no longer holds (reclaimed by another node, or gone)."""
         self._held.pop(task_id, None)
+        self._left(task_id)
         self.writer.forget(task_id)
 
     def holds(self, task_id: str) -> bool:
@@ -222,7 +238,29 @@ class RedisStore:
 
     # refused writes -----------------------------------------------------------------------
 
+    async def landed(self, task_id: str) -> None:
+        """Until the write that ended (or gave back) ``task_id`` here is in Redis, or was
+        refused: from then on every node reads what this one decided. A ``wait`` answered
+        by a task actor here returns after this, so reads that follow it agree with it."""
+        if task_id not in self._leaving:
+            return
+        future = self._landing.get(task_id)
+        if future is None:
+            future = self._landing[task_id] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(future)
+
+    def _left(self, task_id: str) -> None:
+        """Redis has the task's last write from here (or another: read it from there)."""
+        self._leaving.pop(task_id, None)
+        future = self._landing.pop(task_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _written(self, task_id: str) -> None:
+        self._left(task_id)
+
     def _refused(self, task_id: str, item: Transition, result: WriteResult) -> None:
+        self._left(task_id)
         if result.code is not WriteCode.CONFLICT:
             self._held.pop(task_id, None)
         if self.on_refused is not None:

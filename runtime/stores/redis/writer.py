@@ -21,13 +21,15 @@ import dataclasses
 import itertools
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from ...errors import StoreError
 from ...loop import cancel_and_wait
 from . import scripts
 from .client import Backoff, StoreUnavailableError
+from .queue import Fetched, parse_fetched
 from .records import (
     BATCH,
     InvokeCode,
@@ -43,6 +45,10 @@ logger = logging.getLogger("stint")
 #: Called for every write that did not go through: (task id, the write, why).
 OnRefused = Callable[[str, Transition, WriteResult], None]
 _GIVE_UP = scripts.RELEASE | scripts.FINAL  # after these the task is no longer this node's
+#: Seconds a change that only moves a held task on (Dequeued, Running; no flags) waits
+#: before a write starts: a quick attempt's end comes within it, and one write carries
+#: both (Redis shows Running that much later; every flagged change starts a write at once).
+HOLD = 0.002
 
 
 class _Owned:
@@ -69,7 +75,8 @@ class RecordWriter:
     ``own(task_id, epoch, status)`` after a claim; ``put(task_id, status, record,
     flags, delay_ms)`` after each transition (never waits; ``pack(record)`` runs at
     write time, so several transitions cost one pack and one write); ``flush()``
-    waits until everything put so far is written. Writes Redis refused are
+    waits until everything put so far is written; ``on_given_up(task_id)`` is told when
+    a write that ended the task or gave it back is in. Writes Redis refused are
     reported to ``on_refused`` (fenced: the task was reclaimed; conflict: its
     status changed elsewhere, e.g. a stop; missing: the record is gone), and the
     task is no longer this writer's unless ``own`` is called again.
@@ -82,19 +89,24 @@ class RecordWriter:
         *,
         pack: Callable[[Any], bytes] = bytes,
         on_refused: OnRefused | None = None,
+        on_given_up: Callable[[str], None] | None = None,
         max_batch: int = BATCH,
         backoff: Backoff | None = None,
+        hold: float = HOLD,
     ) -> None:
         self.records = records
         self.node = node
         self._pack = pack
         self._on_refused = on_refused
+        self._on_given_up = on_given_up
         self._max_batch = max_batch
         self._backoff = backoff or records.conn.backoff
         self._owned: dict[str, _Owned] = {}
         self._dirty: dict[str, _Dirty] = {}
         self._resend: list[Transition] = []  # the batch an outage interrupted, sent first
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # a held start (see HOLD)
+        self._hold = hold
         self._tokens = itertools.count(1)
         self._token_prefix = os.urandom(4).hex() + ":"
         self._closed = False
@@ -164,6 +176,17 @@ class RecordWriter:
             if delay_ms is not None:
                 dirty.delay_ms = delay_ms
         if self._task is None and not self._closed:
+            if flags or self._hold <= 0:
+                self._start()
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._hold, self._start)
+
+    def _start(self) -> None:
+        """Start writing what is dirty (now, whether or not a start was held)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is None and not self._closed and (self._dirty or self._resend):
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -171,6 +194,7 @@ class RecordWriter:
 
         Raises :class:`StoreUnavailableError` if Redis stays unreachable for ``timeout`` s.
         """
+        self._start()
         try:
             async with asyncio.timeout(timeout):
                 while self._task is not None:
@@ -187,6 +211,7 @@ class RecordWriter:
         with contextlib.suppress(StoreUnavailableError):
             await self.flush(timeout)
         self._closed = True
+        self._start()  # (closed: only drops a held start)
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
@@ -258,6 +283,8 @@ class RecordWriter:
                 self.written += 1
                 if item.flags & _GIVE_UP:
                     self._owned.pop(task_id, None)
+                    if self._on_given_up is not None and task_id not in self._dirty:
+                        self._on_given_up(task_id)
                 elif owned is not None:
                     owned.status = item.new_status
                 continue
@@ -302,15 +329,36 @@ class RecordWriter:
                 self._on_refused(item.task_id, item, WriteResult(WriteCode.MISSING, str(exc)))
 
 
+class Taker(Protocol):
+    """Takes a batch's new tasks on the invoking node, in the batch's own call (the
+    node's queue source, when the node serves what it invokes)."""
+
+    node: str
+
+    def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Free slots to fill from the functions' streams (at most ``counts[fn]``)."""
+        ...
+
+    def taken(self, take: Mapping[str, int], fetched: Fetched | None) -> None:
+        """What the call took, or None when it failed (it may have taken some, reply lost)."""
+        ...
+
+
 class InvokeBatcher:
     """Group commit for new tasks: ``add`` returns a future answered when its batch is stored.
 
     One ``invoke_many`` is in flight at a time; the tasks added meanwhile form the
-    next, so a burst of invokes costs a few round trips, not one each.
+    next, so a burst of invokes costs a few round trips, not one each. With a
+    ``taker``, a node with free slots also takes new tasks in the same call, so a
+    task invoked on a node that serves it starts without another round trip (the
+    taken ones are handed to the taker before the invokers are answered).
     """
 
-    def __init__(self, records: RecordStore, *, max_batch: int = 4 * BATCH) -> None:
+    def __init__(
+        self, records: RecordStore, *, max_batch: int = 4 * BATCH, taker: Taker | None = None
+    ) -> None:
         self.records = records
+        self.taker = taker
         self._max_batch = max_batch
         self._waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
         self._in_flight: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
@@ -339,11 +387,22 @@ class InvokeBatcher:
         while self._waiting:
             batch = self._in_flight = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
+            taker, take = self.taker, {}
+            if taker is not None:
+                take = taker.reserve(Counter(t.function for t, _ in batch if t.delay_ms is None))
+            fetched: Fetched | None = None
             try:
-                codes = await self.records.invoke_many([task for task, _ in batch])
+                node = taker.node if taker is not None else ""
+                codes, raw = await self.records.invoke_and_take(
+                    [task for task, _ in batch], node, take
+                )
+                fetched = parse_fetched(raw)
             except StoreError as exc:
                 _fail(batch, exc)
                 continue
+            finally:
+                if taker is not None and take:
+                    taker.taken(take, fetched)
             self.batches += 1
             for (_, future), code in zip(batch, codes, strict=True):
                 if not future.done():

@@ -1,0 +1,127 @@
+"""A node that invokes what it serves takes its own new tasks in the invoke's call.
+
+The invoke script queues the tasks and, for as many free slots as the node has,
+claims new entries of their streams at once (``RecordStore.invoke_and_take``), so a
+task invoked where it runs starts without a fetch. What the node may take is
+promised to one call at a time (``SharedSource.reserve``): a take and a fetch in
+flight together never claim more than the free slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from runtime import Runtime, TaskState
+from runtime.cluster.source import SharedSource
+from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError
+from runtime.stores.redis.queue import Fetched
+from tests.conftest import eventually
+from tests.runtime.helpers import Gate
+from tests.runtime.redis_helpers import open_nodes
+
+pytestmark = pytest.mark.redis
+
+
+async def echo(event: Any, ctx: Any) -> Any:
+    return event
+
+
+def count_fetches(rt: Runtime) -> list[int]:
+    """Counts the node's fetch calls from now on (in a one-item list)."""
+    assert rt._cluster is not None
+    queue = rt._cluster.node.source._queue
+    calls = [0]
+    fetch = queue.fetch
+
+    async def counted(wanted: Any) -> Any:
+        calls[0] += 1
+        return await fetch(wanted)
+
+    queue.fetch = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_task_invoked_where_it_is_served_runs_without_a_fetch(redis_url: str) -> None:
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo, concurrency=10)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)  # the instance is warm
+        fetches = count_fetches(rt)
+        for i in range(20):
+            record = await rt.wait(await rt.invoke("echo", i), timeout=5)
+            assert record.status is TaskState.SUCCEEDED and record.result == i
+        # Before, each task took a wake-up by its new entry, a fetch for it, and a fetch
+        # more each time its slot came free (one that found nothing): 40 and more.
+        assert fetches[0] <= 2
+
+
+async def test_an_invoke_takes_no_more_than_the_free_slots(redis_url: str) -> None:
+    gate = Gate()
+    rt = Runtime(store=redis_url)
+    rt.register("held", gate.handler, concurrency=2, max_instances=1)
+    async with rt:
+        assert rt._cluster is not None
+        queue = rt._cluster.node.store.queue
+        ids = await asyncio.gather(*(rt.invoke("held", i) for i in range(5)))
+        await eventually(lambda: gate.entered == 2)
+        assert await queue.stats(["held"]) == {"held": QueueStats(depth=3, pending=2)}
+        gate.open()
+        done = await asyncio.gather(*(rt.wait(task_id, timeout=5) for task_id in ids))
+        assert {record.status for record in done} == {TaskState.SUCCEEDED}
+
+
+async def test_a_take_whose_reply_was_lost_is_taken_back_and_runs(redis_url: str) -> None:
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)
+        assert rt._cluster is not None
+        records = rt._cluster.node.store.records
+        invoke_and_take = records.invoke_and_take
+
+        async def reply_lost(*args: Any) -> Any:
+            await invoke_and_take(*args)  # Redis stored and claimed it ...
+            raise StoreUnavailableError("connection lost")  # ... and the reply never came
+
+        records.invoke_and_take = reply_lost  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailableError):
+            await rt.invoke("echo", "lost", task_id="lost")
+        records.invoke_and_take = invoke_and_take  # type: ignore[method-assign]
+        # Held by this node in Redis, yet by no actor here: the fetch loop takes it back.
+        record = await rt.wait("lost", timeout=10)
+        assert record.status is TaskState.SUCCEEDED and record.result == "lost"
+
+
+async def test_slots_are_promised_to_one_call_at_a_time(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        source = SharedSource(a.queue, lambda items: None, lambda: True)
+        source.want("f", 3)
+        assert source.reserve({"f": 5, "g": 2}) == {"f": 3}  # g: no slots at all
+        assert source.reserve({"f": 1}) == {}  # all three are promised
+        source.taken({"f": 3}, Fetched({"f": []}, {"f": "0-0"}))
+        assert source.reserve({"f": 2}) == {"f": 2}  # it took none: free again
+        source.taken({"f": 2}, None)  # failed: what it took may be lost
+        assert source.reserve({"f": 1}) == {}  # no take until that is looked for
+
+
+async def test_a_look_for_lost_replies_waits_for_the_takes_in_flight(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        adopted: list[Claimed] = []
+        source = SharedSource(
+            a.queue, adopted.extend, lambda: True, lambda: {c.task_id for c in adopted}
+        )
+        source.want("f", 1)
+        take = source.reserve({"f": 1})
+        [claimed] = await a.fetch("f", 1)  # as the take in flight does, its reply not in yet
+        look = asyncio.ensure_future(source.take_back(["f"]))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not look.done()  # t1 is not lost: its take's reply is on its way
+        source.taken(take, Fetched({"f": [claimed]}, {"f": claimed.stream_id}))
+        assert adopted == [claimed]
+        assert await asyncio.wait_for(look, 5) == []  # held now: nothing was lost
