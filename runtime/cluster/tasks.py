@@ -95,7 +95,7 @@ class ClusterTasks:
         """Tasks the cluster handed this node: fetched for a free slot, or reclaimed."""
         rt = self.rt
         for item in items:
-            record = self.store.unpack(item.blob)
+            record = item.local if item.local is not None else self.store.unpack(item.blob)
             if record is None:
                 continue  # counted and logged by the store; its entry stays with this node
             served = rt._functions.get(item.function)

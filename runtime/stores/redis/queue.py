@@ -40,6 +40,9 @@ class Claimed:
     status: str
     blob: bytes
     previous_owner: str
+    #: the invoking node's own record (``NewTask.local``) of a task it took in its invoke
+    #: call, which then returned no blob; else None
+    local: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def recovered(self) -> bool:
@@ -214,8 +217,9 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def parse_fetched(reply: list[Any]) -> Fetched:
-    """A FETCH reply (or the taking part of an INVOKE_BATCH reply) as Fetched."""
+def parse_fetched(reply: list[Any], local: Mapping[str, Any] | None = None) -> Fetched:
+    """A FETCH reply (or the taking part of an INVOKE_BATCH reply) as Fetched; ``local``
+    maps the ids of tasks the caller has the record of to it (``Claimed.local``)."""
     if not reply:
         return Fetched({}, {})
     if reply[0] == -1:
@@ -226,27 +230,31 @@ def parse_fetched(reply: list[Any]) -> Fetched:
     while at < len(reply):
         function, last, count = text(reply[at]), text(reply[at + 1]), int(reply[at + 2])
         at += 3
-        claimed[function] = parse_claimed(function, reply[at : at + 6 * count])
+        claimed[function] = parse_claimed(function, reply[at : at + 6 * count], local)
         last_ids[function] = last
         at += 6 * count
     return Fetched(claimed, last_ids)
 
 
-def parse_claimed(function: str, flat: list[Any]) -> list[Claimed]:
+def parse_claimed(
+    function: str, flat: list[Any], local: Mapping[str, Any] | None = None
+) -> list[Claimed]:
     """A script's claimed items, six values each (task id, entry id, epoch, status, blob,
-    previous owner), as Claimed."""
+    previous owner), as Claimed (an item without a blob gets ``local``'s record)."""
     items: list[Claimed] = []
     for i in range(0, len(flat), 6):
         task_id, eid, epoch, status, blob, previous = flat[i : i + 6]
+        task_id = text(task_id)
         items.append(
             Claimed(
-                task_id=text(task_id),
-                function=function,
-                stream_id=text(eid),
-                epoch=int(epoch),
-                status=text(status),
-                blob=bytes(blob),
-                previous_owner=text(previous),
+                task_id,
+                function,
+                text(eid),
+                int(epoch),
+                text(status),
+                bytes(blob),
+                text(previous),
+                local.get(task_id) if local is not None and not blob else None,
             )
         )
     return items

@@ -58,6 +58,9 @@ class NewTask:
     blob: bytes
     delay_ms: int | None = None
     max_queued: int = 0  #: refuse it (QUEUE_FULL) if this many wait undelivered; 0: no limit
+    #: the caller's own record object, opaque here: a take in the same call hands it back
+    #: (``Claimed.local``) instead of the blob
+    local: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,7 +146,8 @@ class RecordStore:
         ``take[fn]`` new entries of each function as ``RedisQueue.fetch`` would.
 
         Returns the codes and the taking's raw reply (``queue.parse_fetched`` reads
-        it; an empty list when nothing was taken). A failure raises as invoke_many,
+        it; an empty list when nothing was taken); a task of ``tasks`` taken comes
+        without its blob (the caller has it). A failure raises as invoke_many,
         and may have taken tasks whose reply was lost: recover them with
         ``RedisQueue.adopt``.
         """

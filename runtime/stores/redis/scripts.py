@@ -155,9 +155,17 @@ end
 --   no owner (queued), or an owner whose heartbeat is gone (dead node): take it, epoch + 1;
 --   owned by node itself: take it only when adopting (node lost the reply that gave it);
 --   owned by another live node (a duplicate delivery): hand the entry back to that node.
-local function claim(q, eid, id, node, adopt)
+-- A task in known (its id -> true: the caller has the record) comes without its blob.
+local function claim(q, eid, id, node, adopt, known)
   local key = tkey(id)
-  local h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec', 'epoch')
+  local h
+  if known and known[id] then
+    h = redis.call('HMGET', key, 'status', 'owner', 'sid')
+    h[4] = ''
+    h[5] = '0'  -- (stored just now, in this call: never claimed before)
+  else
+    h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec', 'epoch')
+  end
   local status, owner = h[1], h[2]
   if not status or h[3] ~= eid or TERMINAL[status] then
     ack(q, eid)
@@ -179,10 +187,11 @@ local function append(out, item)
 end
 
 -- For node, read at most count new entries of each function's stream (fn, count pairs
--- from args[first] on) and claim their tasks. Returns {-1} when node's heartbeat is
--- gone (a lapsed node takes no work), else {1, then per function: fn, last entry id
--- ("0-0" if none), n, then n claimed items}. The caller calls trim_acked() after.
-local function take_new(node, args, first)
+-- from args[first] on) and claim their tasks (those in known without their blob).
+-- Returns {-1} when node's heartbeat is gone (a lapsed node takes no work), else {1,
+-- then per function: fn, last entry id ("0-0" if none), n, then n claimed items}. The
+-- caller calls trim_acked() after.
+local function take_new(node, args, first, known)
   if redis.call('EXISTS', P .. 'node:' .. node) == 0 then return {-1} end
   local out = {1}
   for i = first, #args, 2 do
@@ -202,7 +211,7 @@ local function take_new(node, args, first)
       end
       local entries = res and res[1][2] or {}
       for _, e in ipairs(entries) do
-        local item = e[2] and claim(q, e[1], e[2][2], node, false)
+        local item = e[2] and claim(q, e[1], e[2][2], node, false, known)
         if item then append(got, item) end
       end
       more = #entries == ask
@@ -264,8 +273,10 @@ end
 flush_index()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
 local taken = {}
-if ARGV[3] then
-  taken = take_new(ARGV[3], ARGV, 4)
+if ARGV[3] then  -- the invoking node has the records it stored: no blob comes back
+  local known = {}
+  for _, id in ipairs(changed) do known[id] = true end
+  taken = take_new(ARGV[3], ARGV, 4, known)
   trim_acked()
 end
 return {out, taken}

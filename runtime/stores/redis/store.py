@@ -133,7 +133,13 @@ class RedisStore:
         limit = self.queue_limits.get(record.function, 0)
         blob = pack_record(record)
         task = NewTask(
-            record.task_id, record.function, record.created_at, blob, delay_ms or None, limit
+            record.task_id,
+            record.function,
+            record.created_at,
+            blob,
+            delay_ms or None,
+            limit,
+            local=record,  # a take in the same call hands it to the task actor as it is
         )
         return self._added(record, self.invokes.add(task))
 

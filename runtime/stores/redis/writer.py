@@ -396,7 +396,8 @@ class InvokeBatcher:
                 codes, raw = await self.records.invoke_and_take(
                     [task for task, _ in batch], node, take
                 )
-                fetched = parse_fetched(raw)
+                mine = {task.task_id: task.local for task, _ in batch} if take else None
+                fetched = parse_fetched(raw, mine)  # what it took of these comes as it is
             except StoreError as exc:
                 _fail(batch, exc)
                 continue
