@@ -155,17 +155,17 @@ end
 --   no owner (queued), or an owner whose heartbeat is gone (dead node): take it, epoch + 1;
 --   owned by node itself: take it only when adopting (node lost the reply that gave it);
 --   owned by another live node (a duplicate delivery): hand the entry back to that node.
--- A task in known (its id -> true: the caller has the record) comes without its blob.
-local function claim(q, eid, id, node, adopt, known)
-  local key = tkey(id)
-  local h
-  if known and known[id] then
-    h = redis.call('HMGET', key, 'status', 'owner', 'sid')
-    h[4] = ''
-    h[5] = '0'  -- (stored just now, in this call: never claimed before)
-  else
-    h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec', 'epoch')
+-- fresh: the records the calling script stores (INVOKE_BATCH), by id, not written yet:
+-- one of them is claimed in that table (it is written after) and comes without its blob
+-- (the invoking node has the record).
+local function claim(q, eid, id, node, adopt, fresh)
+  local new = fresh and fresh[id]
+  if new and new.sid == eid then
+    new.owner, new.epoch = node, 1
+    return {id, eid, 1, 'Enqueued', '', ''}
   end
+  local key = tkey(id)
+  local h = redis.call('HMGET', key, 'status', 'owner', 'sid', 'rec', 'epoch')
   local status, owner = h[1], h[2]
   if not status or h[3] ~= eid or TERMINAL[status] then
     ack(q, eid)
@@ -187,11 +187,11 @@ local function append(out, item)
 end
 
 -- For node, read at most count new entries of each function's stream (fn, count pairs
--- from args[first] on) and claim their tasks (those in known without their blob).
+-- from args[first] on) and claim their tasks (see claim for fresh).
 -- Returns {-1} when node's heartbeat is gone (a lapsed node takes no work), else {1,
 -- then per function: fn, last entry id ("0-0" if none), n, then n claimed items}. The
 -- caller calls trim_acked() after.
-local function take_new(node, args, first, known)
+local function take_new(node, args, first, fresh)
   if redis.call('EXISTS', P .. 'node:' .. node) == 0 then return {-1} end
   local out = {1}
   for i = first, #args, 2 do
@@ -211,7 +211,7 @@ local function take_new(node, args, first, known)
       end
       local entries = res and res[1][2] or {}
       for _, e in ipairs(entries) do
-        local item = e[2] and claim(q, e[1], e[2][2], node, false, known)
+        local item = e[2] and claim(q, e[1], e[2][2], node, false, fresh)
         if item then append(got, item) end
       end
       more = #entries == ask
@@ -239,6 +239,9 @@ local fns = P .. 'fns'
 local now = nil
 local depths = {}  -- per function, read once per call and counted up as tasks are queued
 local known = {}  -- per function: is it registered (looked up once per call)
+-- The records this call stores, written once the taking below is done: one HSET each,
+-- with the owner and epoch a take gives them.
+local stored = {}
 for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
   local id, fn, created, blob, due, cap = item[1], item[2], item[3], item[4], item[5], item[6]
   local key = tkey(id)
@@ -246,7 +249,7 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
     depths[fn] = undelivered(qkey(fn), group_of(qkey(fn)), cap)
   end
   if known[fn] == nil then known[fn] = redis.call('SISMEMBER', fns, fn) == 1 end
-  if redis.call('EXISTS', key) == 1 then
+  if stored[id] or redis.call('EXISTS', key) == 1 then
     out[#out + 1] = 2
   elseif not known[fn] then
     out[#out + 1] = 3
@@ -261,8 +264,7 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
       now = now or now_ms()
       redis.call('ZADD', P .. 'due', now + tonumber(due), fn .. SEP .. id)
     end
-    redis.call('HSET', key, 'rec', blob, 'status', 'Enqueued', 'fn', fn, 'created', created,
-      'owner', '', 'epoch', 0, 'sid', sid, 'wtok', '')
+    stored[id] = {blob = blob, fn = fn, created = created, sid = sid, owner = '', epoch = 0}
     index_add(P .. 'i:all', created, id)
     index_add(P .. 'i:fn:' .. fn, created, id)
     move_status(id, fn, created, nil, 'Enqueued')
@@ -274,10 +276,13 @@ flush_index()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
 local taken = {}
 if ARGV[3] then  -- the invoking node has the records it stored: no blob comes back
-  local known = {}
-  for _, id in ipairs(changed) do known[id] = true end
-  taken = take_new(ARGV[3], ARGV, 4, known)
+  taken = take_new(ARGV[3], ARGV, 4, stored)
   trim_acked()
+end
+for _, id in ipairs(changed) do
+  local r = stored[id]
+  redis.call('HSET', tkey(id), 'rec', r.blob, 'status', 'Enqueued', 'fn', r.fn,
+    'created', r.created, 'owner', r.owner, 'epoch', r.epoch, 'sid', r.sid, 'wtok', '')
 end
 return {out, taken}
 """
