@@ -25,7 +25,7 @@ from runtime.stores.redis import (
     WriteResult,
 )
 from runtime.stores.redis.client import MAX_CONNECTIONS
-from runtime.stores.redis.writer import HOLD
+from runtime.stores.redis.writer import HOLD, INVOKE_BATCH, INVOKE_CALLS
 from tests.conftest import eventually
 from tests.runtime.redis_helpers import Node, open_nodes
 
@@ -310,7 +310,34 @@ async def test_invokes_of_one_burst_share_round_trips(redis_url: str) -> None:
         codes = await asyncio.gather(*futures)
         assert codes[:1000] == [InvokeCode.STORED] * 1000
         assert codes[1000:] == [InvokeCode.EXISTS, InvokeCode.NO_FUNCTION]
-        assert batcher.batches == 1
+        assert batcher.batches == 5  # calls of INVOKE_BATCH (250)
+        await batcher.close()
+
+
+async def test_a_burst_is_stored_by_two_calls_in_flight_at_once(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        records = a.records
+        in_flight, most = 0, 0
+
+        class Counted:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(records, name)
+
+            async def invoke_and_take(self, *args: Any) -> Any:
+                nonlocal in_flight, most
+                in_flight += 1
+                most = max(most, in_flight)
+                try:
+                    return await records.invoke_and_take(*args)
+                finally:
+                    in_flight -= 1
+
+        batcher = InvokeBatcher(Counted())  # type: ignore[arg-type]
+        futures = [batcher.add(NewTask(f"t{i}", "f", float(i), b"x")) for i in range(1000)]
+        assert set(await asyncio.gather(*futures)) == {InvokeCode.STORED}
+        assert most == INVOKE_CALLS == 2  # while one call's reply is handled, the next runs
+        assert batcher.batches == 1000 // INVOKE_BATCH
         await batcher.close()
 
 
@@ -321,8 +348,8 @@ async def test_cancelling_the_batcher_fails_its_callers_rather_than_leaving_them
         await a.register("f")
         batcher = InvokeBatcher(a.records)
         first = batcher.add(NewTask("t1", "f", 1.0, b"x"))
-        assert batcher._task is not None
-        batcher._task.cancel()
+        [drain] = batcher._in_flight
+        drain.cancel()
         with pytest.raises(StoreError, match="not stored"):
             await first
 
@@ -334,7 +361,7 @@ async def test_close_waits_for_the_batch_under_way(redis_url: str) -> None:
         future = batcher.add(NewTask("t1", "f", 1.0, b"x"))
         await batcher.close()
         assert future.done() and future.result() is InvokeCode.STORED
-        assert batcher._task is None
+        assert not batcher._in_flight
 
 
 class RepliesLate:
