@@ -24,7 +24,7 @@ from .keys import GROUP
 from .replies import fields, text
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one per task, and 5x cheaper to build
 class Claimed:
     """A task this node now holds: write its transitions with ``epoch`` (the fencing token).
 

@@ -48,7 +48,11 @@ class WriteCode(enum.IntEnum):
     CONFLICT = -2  #: the status is not the one expected (``detail`` has the current one)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+_WRITE_CODES = {code.value: code for code in WriteCode}  # (a dict: an enum call costs more)
+_INVOKE_CODES = {code.value: code for code in InvokeCode}
+
+
+@dataclasses.dataclass(slots=True)  # not frozen: one per task, and 5x cheaper to build
 class NewTask:
     """A task to create as Enqueued: queued now, or after ``delay_ms`` (by Redis' clock)."""
 
@@ -63,7 +67,7 @@ class NewTask:
     local: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one per task, and 5x cheaper to build
 class Transition:
     """One compare-and-set: if the record is ``expect_status`` owned by ``expect_owner`` at
     ``expect_epoch``, it becomes ``new_status`` with ``blob``, plus what ``flags`` say
@@ -83,7 +87,7 @@ class Transition:
     token: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one per task, and 5x cheaper to build
 class WriteResult:
     code: WriteCode
     #: CONFLICT: the current status; FENCED: "<current owner> <current epoch>"; else "".
@@ -172,7 +176,7 @@ class RecordStore:
             replies = [await self.conn.run(scripts.invoke_batch, calls[0])]
         else:
             replies = await self.conn.run_many(scripts.invoke_batch, calls)
-        codes = [InvokeCode(code) for reply in replies for code in reply[0]]
+        codes = [_INVOKE_CODES[code] for reply in replies for code in reply[0]]
         return codes, replies[-1][1] if replies else []
 
     async def transition(
@@ -188,7 +192,7 @@ class RecordStore:
         else:
             replies = await self.conn.run_many(scripts.transition_batch, calls)
         return [
-            WriteResult(WriteCode(reply[i]), text(reply[i + 1]))
+            WriteResult(_WRITE_CODES[reply[i]], text(reply[i + 1]))
             for reply in replies
             for i in range(0, len(reply), 2)
         ]
