@@ -749,8 +749,10 @@ class Runtime:
                 return await self._waits.wait_finished(task_id, timeout)
             async with asyncio.timeout(timeout):  # its end, then its end in Redis too
                 record = await self._waits.wait_finished(task_id, None)
-                await self._cluster.landed(task_id)
-                return record
+                if await self._cluster.landed(task_id):
+                    return record
+            # Redis refused that end (a stop from elsewhere came first): it has the answer.
+            return await self._cluster.wait(task_id, timeout)
         except TimeoutError:
             now = await self._store.get(task_id)
             status = now.status if now is not None else "unknown"

@@ -218,8 +218,10 @@ class ClusterTasks:
                         await asyncio.wait(either, timeout=POLL, return_when=_FIRST)
                         if ended.done():
                             record = ended.result()
-                            await self.landed(task_id)
-                            return record
+                            if await self.landed(task_id):
+                                return record
+                            # Redis refused its end (a stop from elsewhere came first):
+                            # what Redis has is the answer, read in the next round.
                     finally:
                         waits.forget(task_id, waiter)
                         waits.forget_finished(task_id, ended)
@@ -231,9 +233,10 @@ class ClusterTasks:
                 "or stop it with rt.stop"
             ) from None
 
-    async def landed(self, task_id: str) -> None:
-        """Until this node's write that ended ``task_id`` is in Redis (see RedisStore.landed)."""
-        await self.store.landed(task_id)
+    async def landed(self, task_id: str) -> bool:
+        """Until this node's write that ended ``task_id`` is in Redis; False if it was
+        refused (see RedisStore.landed)."""
+        return await self.store.landed(task_id)
 
     async def _read(self, task_id: str) -> TaskRecord:
         try:

@@ -16,7 +16,7 @@ import pytest
 
 from runtime import Runtime, TaskState
 from runtime.cluster.source import SharedSource
-from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError
+from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError, Transition
 from runtime.stores.redis.queue import Fetched
 from tests.conftest import eventually
 from tests.runtime.helpers import Gate
@@ -125,3 +125,38 @@ async def test_a_look_for_lost_replies_waits_for_the_takes_in_flight(redis_url: 
         source.taken(take, Fetched({"f": [claimed]}, {"f": claimed.stream_id}))
         assert adopted == [claimed]
         assert await asyncio.wait_for(look, 5) == []  # held now: nothing was lost
+
+
+async def test_a_wait_answered_here_gives_what_redis_has_when_its_end_was_refused(
+    redis_url: str,
+) -> None:
+    gate = Gate()
+    rt = Runtime(store=redis_url)
+    rt.register("held", gate.handler)
+    async with rt, open_nodes(redis_url, "other") as [other]:
+        assert rt._cluster is not None
+        task_id = await rt.invoke("held", 1)
+        waiting = asyncio.ensure_future(rt.wait(task_id, timeout=10))
+        await eventually(lambda: gate.entered == 1)
+
+        async def running_in_redis() -> bool:
+            stored = await other.records.get(task_id)
+            return stored is not None and stored.status == "Running"
+
+        for _ in range(200):
+            if await running_in_redis():
+                break
+            await asyncio.sleep(0.005)
+        stored = await other.records.get(task_id)
+        assert stored is not None and stored.status == "Running"
+        # A stop from another node reaches Redis first, and its message to this node is
+        # lost: this node's Succeeded write is refused, and Stopped wins.
+        stop = Transition(
+            task_id, "Running", stored.owner, stored.epoch, "Stopping", stored.blob, 0
+        )
+        [result] = await other.records.transition([stop], node="other")
+        assert result.ok
+        gate.open()
+        record = await waiting
+        assert record.status is TaskState.STOPPED  # not the Succeeded Redis refused
+        assert (await rt.get(task_id)).status is TaskState.STOPPED

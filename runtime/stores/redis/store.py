@@ -81,7 +81,7 @@ class RedisStore:
         #: tasks this node ended or gave back whose last write is not in yet: what ``get``
         #: answers for them meanwhile (a wait answered here is followed by a true get)
         self._leaving: dict[str, TaskRecord] = {}
-        self._landing: dict[str, asyncio.Future[None]] = {}  # waits for a _leaving write
+        self._landing: dict[str, asyncio.Future[bool]] = {}  # waits for a _leaving write
         #: each function's ``max_queued`` as the invoking runtime knows it (set before add)
         self.queue_limits: dict[str, int] = {}
         #: told of writes Redis refused (set by the runtime's cluster node)
@@ -112,7 +112,7 @@ class RedisStore:
                     self.url,
                 )
             for task_id in list(self._landing):
-                self._left(task_id)  # no write comes any more: nobody waits for one
+                self._left(task_id, as_written=False)  # no write comes any more
             await self.invokes.close()
             try:
                 await self.nodes.leave()  # the others reclaim what this node still holds, now
@@ -244,29 +244,33 @@ class RedisStore:
 
     # refused writes -----------------------------------------------------------------------
 
-    async def landed(self, task_id: str) -> None:
+    async def landed(self, task_id: str) -> bool:
         """Until the write that ended (or gave back) ``task_id`` here is in Redis, or was
         refused: from then on every node reads what this one decided. A ``wait`` answered
-        by a task actor here returns after this, so reads that follow it agree with it."""
+        by a task actor here returns after this, so reads that follow it agree with it.
+
+        True if Redis has what this node wrote; False if it refused it (a stop from
+        another node came first, say): then read the task from Redis."""
         if task_id not in self._leaving:
-            return
+            return True
         future = self._landing.get(task_id)
         if future is None:
             future = self._landing[task_id] = asyncio.get_running_loop().create_future()
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
-    def _left(self, task_id: str) -> None:
-        """Redis has the task's last write from here (or another: read it from there)."""
+    def _left(self, task_id: str, as_written: bool = True) -> None:
+        """Redis has the task's last write from here (or, not ``as_written``, something
+        else: read it from there)."""
         self._leaving.pop(task_id, None)
         future = self._landing.pop(task_id, None)
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(as_written)
 
     def _written(self, task_id: str) -> None:
         self._left(task_id)
 
     def _refused(self, task_id: str, item: Transition, result: WriteResult) -> None:
-        self._left(task_id)
+        self._left(task_id, as_written=False)
         if result.code is not WriteCode.CONFLICT:
             self._held.pop(task_id, None)
         if self.on_refused is not None:
