@@ -634,13 +634,7 @@ class InstancePoolActor(Actor):
             and attempt.started <= stale
         ]
         waiting.sort(key=lambda slot: -slot.attempt.started)  # type: ignore[union-attr]
-        for slot in waiting[:room]:  # the last handed over first: the queue keeps their order
-            attempt = slot.attempt
-            assert attempt is not None
-            if slot.instance.withdraw(attempt):
-                slot.attempt = None
-                self._void(slot)
-                self._return_slot(slot)
+        self._take_back(waiting[:room])  # the last handed over (they would wait longest)
 
     def _enforce_timeouts(self, instance: Instance, now: float) -> None:
         for slot in instance.slots:
@@ -680,6 +674,8 @@ class InstancePoolActor(Actor):
     def _on_drain(self, msg: Drain) -> None:
         self._pull_inbox()
         self.draining = True
+        if not msg.unregister:
+            self._take_back_waiting()  # closing: what has not started does not start now
         if msg.unregister:
             self.unregistered = True
             reason = self._unregistered_reason()
@@ -697,6 +693,33 @@ class InstancePoolActor(Actor):
                         task.send(TaskActor.invalidate, reason)
         self.drain_replies.append(self.defer_reply())
         self._check_drained()
+
+    def _take_back_waiting(self) -> None:
+        """Attempts handed to an instance that starts them on its own (a thread's spare
+        slots) and not started yet go back to the queue: they stay Dequeued."""
+        self._take_back(
+            [
+                slot
+                for instance in self.instances.values()
+                for slot in instance.slots
+                if (attempt := slot.attempt) is not None and attempt.claimed_at is None
+            ]
+        )
+
+    def _take_back(self, slots: list[Slot]) -> None:
+        """Withdraw the unstarted attempts in ``slots`` from their instances; their tasks go
+        back to the front of the queue in the order they were handed over (still Dequeued:
+        no event), and the slots are free."""
+        slots.sort(key=lambda slot: -slot.attempt.started)  # type: ignore[union-attr]
+        for slot in slots:  # the last handed over first: each goes in front of the last
+            attempt = slot.attempt
+            if attempt is None or not slot.instance.withdraw(attempt):
+                continue  # it started meanwhile: it runs where it is
+            task = slot.reserved_by
+            slot.attempt = None
+            self._release(slot)
+            if task is not None and task.is_alive:
+                self.queue.appendleft((task, None))
 
     def _check_drained(self) -> None:
         if not self.draining:

@@ -315,3 +315,23 @@ async def test_attempts_stuck_behind_a_slow_one_move_to_an_instance_with_room(
     ]  # each once
     gates.open("slow")
     assert (await rt.wait(slow, timeout=10)).status is S.SUCCEEDED
+
+
+async def test_close_does_not_start_attempts_still_waiting_in_an_inbox(
+    make_runtime: RuntimeFactory,
+) -> None:
+    # Closing lets running attempts finish; the ones waiting behind them have not
+    # started, so they do not start now: they stay Dequeued, as queued tasks do.
+    rt = await make_runtime()
+    gates = Gates()
+    rt.register("fn", gates.handler, kind="thread", max_instances=1)
+    first = await rt.invoke("fn", "gated-first")
+    await until_status(rt, first, S.RUNNING)
+    queued = [await rt.invoke("fn", f"q{i}") for i in range(3)]
+    for task_id in queued:
+        await until_status(rt, task_id, S.DEQUEUED)
+    closing = asyncio.ensure_future(rt.close())
+    await asyncio.sleep(0.02)  # the pool is draining now
+    gates.open("first")
+    await closing
+    assert gates.started == ["gated-first"]  # nothing waiting behind it ran
