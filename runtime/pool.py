@@ -608,7 +608,7 @@ class InstancePoolActor(Actor):
         An attempt still unclaimed that was handed over before the last sweep has waited a
         whole tick: its thread is busy with something slow. It goes back to the front of
         the queue, as in a restart (it never started: its task stays Dequeued), so a
-        burst's spare attempts never wait longer than a tick behind a slow one.
+        burst's spare attempts wait at most a tick or two behind a slow one.
         """
         concurrency = self.config.concurrency
         room = 0  # free slots (spare ones too) of instances not running all they can
@@ -633,7 +633,7 @@ class InstancePoolActor(Actor):
             and attempt.claimed_at is None
             and attempt.started <= stale
         ]
-        waiting.sort(key=lambda slot: -slot.attempt.started)  # type: ignore[union-attr]
+        waiting.sort(key=_last_handed_over_first)
         self._take_back(waiting[:room])  # the last handed over (they would wait longest)
 
     def _enforce_timeouts(self, instance: Instance, now: float) -> None:
@@ -710,7 +710,7 @@ class InstancePoolActor(Actor):
         """Withdraw the unstarted attempts in ``slots`` from their instances; their tasks go
         back to the front of the queue in the order they were handed over (still Dequeued:
         no event), and the slots are free."""
-        slots.sort(key=lambda slot: -slot.attempt.started)  # type: ignore[union-attr]
+        slots.sort(key=_last_handed_over_first)
         for slot in slots:  # the last handed over first: each goes in front of the last
             attempt = slot.attempt
             if attempt is None or not slot.instance.withdraw(attempt):
@@ -784,6 +784,12 @@ class InstancePoolActor(Actor):
 
     def _unregistered_reason(self) -> str:
         return f"function {self.spec.name!r} was unregistered before the task ran"
+
+
+def _last_handed_over_first(slot: Slot) -> float:
+    """Sort key of slots holding attempts: the most recently handed over first."""
+    attempt = slot.attempt
+    return -attempt.started if attempt is not None else 0.0
 
 
 def _what_happened(instance: Instance, pre_stop: HookDone) -> str:
