@@ -335,3 +335,24 @@ async def test_close_does_not_start_attempts_still_waiting_in_an_inbox(
     gates.open("first")
     await closing
     assert gates.started == ["gated-first"]  # nothing waiting behind it ran
+
+
+async def test_on_a_shared_store_an_instance_keeps_one_spare_slot(
+    make_runtime: RuntimeFactory, redis_url: str
+) -> None:
+    # A task waiting in a busy node's inbox is one an idle node could have run: on a
+    # cluster an instance takes one attempt beyond concurrency, not eight.
+    rt = await make_runtime(store=redis_url)
+    gates = Gates()
+    rt.register("fn", gates.handler, kind="thread", max_instances=1)
+    first = await rt.invoke("fn", "gated-first")
+    await until_status(rt, first, S.RUNNING)
+    more = [await rt.invoke("fn", f"q{i}") for i in range(3)]
+    await until_status(rt, more[0], S.DEQUEUED)
+    await asyncio.sleep(0.05)  # time for the node to fetch more, were it to
+    [info] = await rt.instances("fn")
+    assert info.in_flight == 2
+    assert [(await rt.get(t)).status for t in more[1:]] == [S.ENQUEUED, S.ENQUEUED]
+    gates.open("first")
+    for task_id in [first, *more]:
+        assert (await rt.wait(task_id, timeout=10)).status is S.SUCCEEDED
