@@ -674,8 +674,6 @@ class InstancePoolActor(Actor):
     def _on_drain(self, msg: Drain) -> None:
         self._pull_inbox()
         self.draining = True
-        if not msg.unregister:
-            self._take_back_waiting()  # closing: what has not started does not start now
         if msg.unregister:
             self.unregistered = True
             reason = self._unregistered_reason()
@@ -691,6 +689,8 @@ class InstancePoolActor(Actor):
                     self._release(slot)
                     if task.is_alive:
                         task.send(TaskActor.invalidate, reason)
+        else:
+            self._take_back_waiting()  # closing: what has not started does not start now
         self.drain_replies.append(self.defer_reply())
         self._check_drained()
 
