@@ -73,6 +73,8 @@ class InstancePoolActor(Actor):
         self.instances: dict[str, Instance] = {}
         self.idle: list[Slot] = []  # free slots of accepting instances; the top is used first
         self.starting_free: list[Slot] = []  # free slots of instances still starting
+        self.spare: list[Slot] = []  # free slots of instances full to concurrency (prefetch)
+        self.last_sweep = float("-inf")  # monotonic: attempts handed over before it waited a tick
         self.reserved: dict[ActorRef, Slot] = {}  # every reservation, until its slot is free
         self.restarts: dict[Instance, list[ActorRef]] = {}  # instance -> tasks stopped on it
         # destroyed, but their code still runs (a thread busy with a handler): listed by
@@ -181,9 +183,9 @@ class InstancePoolActor(Actor):
         (free slots, and slots of instances it may still start, less what it holds queued),
         so the node fetches no more than that."""
         config = self.config
-        free = len(self.idle) + len(self.starting_free)
+        free = len(self.idle) + len(self.starting_free) + len(self.spare)
         if not self.draining and self.clock.monotonic() >= self.start_blocked_until:
-            slots = config.concurrency + KINDS[config.kind].prefetch
+            slots = config.concurrency + KINDS[config.kind].shared_prefetch
             free += max(0, config.max_instances - len(self.instances)) * slots
         free -= len(self.queue) + len(self.inbox)
         self.entry.source.want(self.spec.name, max(0, free))
@@ -204,6 +206,15 @@ class InstancePoolActor(Actor):
         task.send(TaskActor.dispatched, slot, True)
 
     def _free_slot(self) -> Slot | None:
+        """The slot the next task gets: an idle one, one of an instance starting (cold
+        start, up to ``max_instances``), and only when neither has room, a spare one.
+
+        A spare slot (a kind with ``prefetch``) is one of an instance already running
+        ``concurrency`` attempts: its task would wait there behind another. Such a slot
+        met on the way is set aside in ``spare``, so a burst spreads over the idle
+        instances (and starts new ones) before any task queues behind another.
+        """
+        concurrency = self.config.concurrency
         idle = self.idle
         while idle:
             slot = idle.pop()
@@ -213,12 +224,37 @@ class InstancePoolActor(Actor):
                 and instance.hook_running is None
                 and instance.state in _ACCEPTING
             ):
-                return slot
-        if not self.starting_free and self._can_start():
+                if instance.in_flight < concurrency:
+                    return slot
+                self.spare.append(slot)
+        starting = self.starting_free
+        while starting and starting[-1].instance.in_flight >= concurrency:
+            self.spare.append(starting.pop())
+        if not starting and self._can_start():
             self._start_instance()
-        if self.starting_free:
-            return self.starting_free.pop()
-        return None
+        if starting:
+            return starting.pop()
+        return self._spare_slot()
+
+    def _spare_slot(self) -> Slot | None:
+        """A spare slot of the instance with the fewest attempts: no task waits behind
+        more others than it must."""
+        spare = self.spare = [  # taken, or of an instance that no longer accepts: forgotten
+            slot
+            for slot in self.spare
+            if slot.reserved_by is None
+            and (
+                (instance := slot.instance).state is STARTING
+                or (instance.hook_running is None and instance.state in _ACCEPTING)
+            )
+        ]
+        best = -1
+        fewest = 0
+        for i in range(len(spare) - 1, -1, -1):  # the top first among equals
+            in_flight = spare[i].instance.in_flight
+            if best < 0 or in_flight < fewest:
+                best, fewest = i, in_flight
+        return spare.pop(best) if best >= 0 else None
 
     def _return_slot(self, slot: Slot) -> None:
         if slot.instance.state is STARTING:
@@ -397,6 +433,7 @@ class InstancePoolActor(Actor):
     def _drop_free_slots(self, instance: Instance) -> None:
         self.starting_free = [s for s in self.starting_free if s.instance is not instance]
         self.idle = [s for s in self.idle if s.instance is not instance]
+        self.spare = [s for s in self.spare if s.instance is not instance]
 
     def _stop_instance(self, instance: Instance, reason: str, detail: str = "") -> None:
         self._drop_free_slots(instance)
@@ -558,9 +595,46 @@ class InstancePoolActor(Actor):
                 instance.freeze()
         if not self.draining:
             self._ensure_min()
+            self._rebalance()
+        self.last_sweep = now
         if self.retiring:
             self._check_retiring(now)
         self._dispatch()
+
+    def _rebalance(self) -> None:
+        """Take back attempts stuck behind a long one in a busy instance's inbox (a kind
+        with ``prefetch``) while another instance has room for them.
+
+        An attempt still unclaimed that was handed over before the last sweep has waited a
+        whole tick: its thread is busy with something slow. It goes back to the front of
+        the queue, as in a restart (it never started: its task stays Dequeued), so a
+        burst's spare attempts wait at most a tick or two behind a slow one.
+        """
+        concurrency = self.config.concurrency
+        room = 0  # free slots (spare ones too) of instances not running all they can
+        for instance in self.instances.values():
+            if (
+                instance.in_flight < concurrency
+                and instance.hook_running is None
+                and instance.state in _ACCEPTING
+            ):
+                room += len(instance.slots) - instance.in_flight
+        if self._can_start():
+            room += (self.config.max_instances - len(self.instances)) * concurrency
+        if not room:
+            return
+        stale = self.last_sweep
+        waiting = [
+            slot
+            for instance in self.instances.values()
+            if instance.in_flight > concurrency and instance.state is BUSY
+            for slot in instance.slots
+            if (attempt := slot.attempt) is not None
+            and attempt.claimed_at is None
+            and attempt.started <= stale
+        ]
+        waiting.sort(key=_last_handed_over_first)
+        self._take_back(waiting[:room])  # the last handed over (they would wait longest)
 
     def _enforce_timeouts(self, instance: Instance, now: float) -> None:
         for slot in instance.slots:
@@ -615,8 +689,37 @@ class InstancePoolActor(Actor):
                     self._release(slot)
                     if task.is_alive:
                         task.send(TaskActor.invalidate, reason)
+        else:
+            self._take_back_waiting()  # closing: what has not started does not start now
         self.drain_replies.append(self.defer_reply())
         self._check_drained()
+
+    def _take_back_waiting(self) -> None:
+        """Attempts handed to an instance that starts them on its own (a thread's spare
+        slots) and not started yet go back to the queue: they stay Dequeued."""
+        self._take_back(
+            [
+                slot
+                for instance in self.instances.values()
+                for slot in instance.slots
+                if (attempt := slot.attempt) is not None and attempt.claimed_at is None
+            ]
+        )
+
+    def _take_back(self, slots: list[Slot]) -> None:
+        """Withdraw the unstarted attempts in ``slots`` from their instances; their tasks go
+        back to the front of the queue in the order they were handed over (still Dequeued:
+        no event), and the slots are free."""
+        slots.sort(key=_last_handed_over_first)
+        for slot in slots:  # the last handed over first: each goes in front of the last
+            attempt = slot.attempt
+            if attempt is None or not slot.instance.withdraw(attempt):
+                continue  # it started meanwhile: it runs where it is
+            task = slot.reserved_by
+            slot.attempt = None
+            self._release(slot)
+            if task is not None and task.is_alive:
+                self.queue.appendleft((task, None))
 
     def _check_drained(self) -> None:
         if not self.draining:
@@ -681,6 +784,12 @@ class InstancePoolActor(Actor):
 
     def _unregistered_reason(self) -> str:
         return f"function {self.spec.name!r} was unregistered before the task ran"
+
+
+def _last_handed_over_first(slot: Slot) -> float:
+    """Sort key of slots holding attempts: the most recently handed over first."""
+    attempt = slot.attempt
+    return -attempt.started if attempt is not None else 0.0
 
 
 def _what_happened(instance: Instance, pre_stop: HookDone) -> str:

@@ -137,8 +137,13 @@ class Instance:
     #: the pool then replaces the instance, PreStop first.
     restart_on_timeout: ClassVar[bool] = False
     #: Attempts an instance takes beyond ``concurrency``, waiting their turn where it runs
-    #: them (so it never waits for the loop between two).
+    #: them (so it never waits for the loop between two). The pool hands them over only
+    #: when every instance runs ``concurrency`` already, and takes back any that waits a
+    #: tick behind a slow attempt while another instance has room.
     prefetch: ClassVar[int] = 0
+    #: The same on a shared store (a cluster), where a task waiting here is one that an
+    #: idle node could have run: kept small.
+    shared_prefetch: ClassVar[int] = 0
     #: True when the kind says itself when an attempt really starts (Running comes then).
     reports_start: ClassVar[bool] = False
 
@@ -157,7 +162,8 @@ class Instance:
         self.background = services.background
         self.context = InstanceContext(instance_id, spec.name, self.kind)
         self.state = InstanceState.STARTING
-        self.slots = [Slot(self, i) for i in range(spec.config.concurrency + self.prefetch)]
+        extra = self.shared_prefetch if services.shared else self.prefetch
+        self.slots = [Slot(self, i) for i in range(spec.config.concurrency + extra)]
         self.in_flight = 0
         self.tasks_served = 0
         self.created_at = clock.time()
