@@ -207,19 +207,23 @@ class ClusterTasks:
             async with asyncio.timeout(timeout):
                 while True:
                     waiter = waits.expect(task_id)
-                    # Taken by this node meanwhile, it ends in a task actor here: answered
-                    # then as a wait on a task held here is, without another read.
+                    # Held here, or taken by this node meanwhile, it ends in a task actor
+                    # here: answered then as it ended, without another read.
                     ended = waits.expect_finished(task_id)
                     try:
                         record = await self._read(task_id)
-                        if record.is_terminal:
-                            return record.copy()
-                        either: list[asyncio.Future[Any]] = [waiter, ended]
-                        await asyncio.wait(either, timeout=POLL, return_when=_FIRST)
-                        if ended.done():
+                        if not record.is_terminal:
+                            either: list[asyncio.Future[Any]] = [waiter, ended]
+                            await asyncio.wait(either, timeout=POLL, return_when=_FIRST)
+                            if not ended.done():
+                                continue
                             record = ended.result()
-                            await self.landed(task_id)
-                            return record
+                        # An end here is answered once it is in Redis, as Redis has it (a
+                        # stop that reached Redis first wins); if it never got there, the
+                        # task's end is decided elsewhere: read again.
+                        landed = await self.store.landed(task_id, record)
+                        if landed is not None and landed.is_terminal:
+                            return landed.copy()
                     finally:
                         waits.forget(task_id, waiter)
                         waits.forget_finished(task_id, ended)
@@ -230,10 +234,6 @@ class ClusterTasks:
                 f"task {task_id} is still {status} after {timeout} s; wait longer, "
                 "or stop it with rt.stop"
             ) from None
-
-    async def landed(self, task_id: str) -> None:
-        """Until this node's write that ended ``task_id`` is in Redis (see RedisStore.landed)."""
-        await self.store.landed(task_id)
 
     async def _read(self, task_id: str) -> TaskRecord:
         try:
@@ -360,7 +360,7 @@ class ClusterTasks:
             record.status = S.STOPPED
             record.ended_at = now
             record._events.append((NAME[S.STOPPED], now, detail))
-        self.store.writer.put(task_id, "Stopped", record, scripts.FINAL)
+        self.store.finished(record)  # (a wait on it here answers with this: store.landed)
 
     def _drop_local(self, task_id: str) -> None:
         self.store.drop(task_id)

@@ -81,7 +81,7 @@ class RedisStore:
         #: tasks this node ended or gave back whose last write is not in yet: what ``get``
         #: answers for them meanwhile (a wait answered here is followed by a true get)
         self._leaving: dict[str, TaskRecord] = {}
-        self._landing: dict[str, asyncio.Future[None]] = {}  # waits for a _leaving write
+        self._landing: dict[str, asyncio.Future[TaskRecord | None]] = {}  # a _leaving write
         #: each function's ``max_queued`` as the invoking runtime knows it (set before add)
         self.queue_limits: dict[str, int] = {}
         #: told of writes Redis refused (set by the runtime's cluster node)
@@ -244,29 +244,36 @@ class RedisStore:
 
     # refused writes -----------------------------------------------------------------------
 
-    async def landed(self, task_id: str) -> None:
-        """Until the write that ended (or gave back) ``task_id`` here is in Redis, or was
-        refused: from then on every node reads what this one decided. A ``wait`` answered
-        by a task actor here returns after this, so reads that follow it agree with it."""
+    async def landed(self, task_id: str, record: TaskRecord) -> TaskRecord | None:
+        """What a ``wait`` that saw ``record`` (the task's end here, or a read) may answer.
+
+        Until the write that ended (or gave back) ``task_id`` here is in Redis: from then
+        on every node reads what this one decided. Returns that write's record (``record``
+        itself when no write of it is on its way; a Stopped if a stop asked elsewhere
+        reached Redis first, and this node wrote that instead), or None when the write was
+        refused or the task was taken up again: its end is decided later, or elsewhere,
+        so read again."""
         if task_id not in self._leaving:
-            return
+            return record
         future = self._landing.get(task_id)
         if future is None:
             future = self._landing[task_id] = asyncio.get_running_loop().create_future()
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
-    def _left(self, task_id: str) -> None:
-        """Redis has the task's last write from here (or another: read it from there)."""
+    def _left(self, task_id: str, landed: TaskRecord | None = None) -> None:
+        """The task's last write from here is settled: in Redis as ``landed``, or not."""
         self._leaving.pop(task_id, None)
         future = self._landing.pop(task_id, None)
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(landed)
 
     def _written(self, task_id: str) -> None:
-        self._left(task_id)
+        self._left(task_id, self._leaving.get(task_id))
 
     def _refused(self, task_id: str, item: Transition, result: WriteResult) -> None:
-        self._left(task_id)
+        # The refused write is not what Redis has: get reads Redis again (or what the
+        # runtime writes instead, below: a Stopped when a stop won the race).
+        self._leaving.pop(task_id, None)
         if result.code is not WriteCode.CONFLICT:
             self._held.pop(task_id, None)
         if self.on_refused is not None:
@@ -278,6 +285,8 @@ class RedisStore:
                 item.new_status,
                 result.detail,
             )
+        if task_id not in self._leaving:  # else its waiters wait for what replaces it
+            self._left(task_id)
 
     def _unpack(self, task_id: str, blob: bytes) -> TaskRecord | None:
         try:
