@@ -59,6 +59,7 @@ class SharedSource:
         self._no_takes.set()
         self._adopting = False  # a look for lost replies' tasks is under way: no takes
         self._exclusive = asyncio.Lock()  # a fetch, or a look for lost replies' tasks
+        self._call_ended = asyncio.Event()  # a call that takes tasks ended (see settled)
         self._backoff = Backoff()
         # The wait for new entries has a connection of its own, and outlives a wake-up by
         # capacity: it is left running rather than cancelled (see BlockingReader), and
@@ -89,6 +90,8 @@ class SharedSource:
         return self._wanted.get(function, 0) - self._reserved.get(function, 0)
 
     def _promise(self, take: Mapping[str, int], sign: int) -> None:
+        if sign < 0:
+            self._call_ended.set()
         for function, n in take.items():
             left = self._reserved.get(function, 0) + sign * n
             if left > 0:
@@ -130,6 +133,15 @@ class SharedSource:
 
     def stop_serving(self, function: str) -> None:
         self._wanted.pop(function, None)
+
+    async def settled(self, function: str) -> None:
+        """Until no call under way may still hand over tasks of ``function`` (a fetch or an
+        invoke's take promised its slots before this node stopped serving it, or a look
+        for lost replies): what they took has been handed over (and, no longer served
+        here, given back) by then."""
+        while self._reserved.get(function, 0) > 0 or self._adopting:
+            self._call_ended.clear()
+            await self._call_ended.wait()
 
     async def run(self) -> None:
         """Fetch while there is room; wait while there is none or nothing is queued."""
@@ -233,6 +245,7 @@ class SharedSource:
                 return await self._queue.adopt(functions, self._held())
             finally:
                 self._adopting = False
+                self._call_ended.set()
 
     async def _pause(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

@@ -273,6 +273,11 @@ class ClusterTasks:
         info = await self.node.function(name)  # its settings, before they go
         config = config_from_wire(info.config) if info is not None else FunctionConfig()
         existed = await self.store.functions.delete(name)
+        # A fetch or an invoke's take of this node under way may have claimed some of its
+        # queued tasks: no longer served here, they are given back, and found below once
+        # queued again (else they would be queued after the look, for a deleted function).
+        await self.node.source.settled(name)
+        await self.store.writer.flush(timeout=5.0)
         reason = f"function {name!r} was deleted"
         while True:
             found = await self.store.records.unowned(name)

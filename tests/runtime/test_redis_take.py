@@ -125,3 +125,36 @@ async def test_a_look_for_lost_replies_waits_for_the_takes_in_flight(redis_url: 
         source.taken(take, Fetched({"f": [claimed]}, {"f": claimed.stream_id}))
         assert adopted == [claimed]
         assert await asyncio.wait_for(look, 5) == []  # held now: nothing was lost
+
+
+async def test_a_function_deleted_while_a_take_is_under_way_strands_no_task(
+    redis_url: str,
+) -> None:
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)
+        assert rt._cluster is not None
+        records = rt._cluster.node.store.records
+        invoke_and_take = records.invoke_and_take
+        in_flight, reply = asyncio.Event(), asyncio.Event()
+
+        async def reply_held(*args: Any) -> Any:
+            answer = await invoke_and_take(*args)  # stored, and claimed by this node
+            in_flight.set()
+            await reply.wait()
+            return answer
+
+        records.invoke_and_take = reply_held  # type: ignore[method-assign]
+        invoking = asyncio.ensure_future(rt.invoke("echo", 1, task_id="late"))
+        await in_flight.wait()
+        deleting = asyncio.ensure_future(rt.delete_function("echo"))
+        # Before, the delete ended meanwhile, finding "late" held by this node; the take's
+        # reply then gave it back to the queue of a function nobody may serve: Enqueued
+        # for ever. Now the delete waits for the take, and finds it queued again.
+        await asyncio.wait([deleting], timeout=0.3)
+        reply.set()
+        await deleting
+        await invoking
+        record = await rt.wait("late", timeout=5)
+        assert record.status is TaskState.INVALID
