@@ -60,6 +60,7 @@ class SharedSource:
         self._adopting = False  # a look for lost replies' tasks is under way: no takes
         self._exclusive = asyncio.Lock()  # a fetch, or a look for lost replies' tasks
         self._call_ended = asyncio.Event()  # a call that takes tasks ended (see settled)
+        self._closing = False  # the runtime closes: nothing is handed over (stop_taking)
         self._backoff = Backoff()
         # The wait for new entries has a connection of its own, and outlives a wake-up by
         # capacity: it is left running rather than cancelled (see BlockingReader), and
@@ -123,6 +124,8 @@ class SharedSource:
         self._takes -= 1
         if not self._takes:
             self._no_takes.set()
+        if self._closing:
+            return  # what it took stays this node's in Redis: reclaimed once the node leaves
         if fetched is None:  # failed: Redis may have applied it and the reply is lost
             self._maybe_lost = True
             self._look_again()
@@ -130,6 +133,12 @@ class SharedSource:
             self._deliver(fetched)
             if not self._note_drained(fetched, take):
                 self._look_again()  # it took all it asked for: the stream may hold more
+
+    def stop_taking(self) -> None:
+        """The runtime closes: a take still under way hands nothing over (its tasks would go
+        to pools that drain, or to an actor system that is closed); they stay this node's
+        in Redis, and another node reclaims them once this one has left the cluster."""
+        self._closing = True
 
     def stop_serving(self, function: str) -> None:
         self._wanted.pop(function, None)
@@ -152,6 +161,7 @@ class SharedSource:
 
     async def close(self) -> None:
         """After :meth:`run` ended: release the waiting connection."""
+        self.stop_taking()
         await self._end_watch()
         await self._reader.close()
 

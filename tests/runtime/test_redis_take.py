@@ -158,3 +158,43 @@ async def test_a_function_deleted_while_a_take_is_under_way_strands_no_task(
         await invoking
         record = await rt.wait("late", timeout=5)
         assert record.status is TaskState.INVALID
+
+
+async def test_a_take_answered_after_close_began_stores_the_task_for_other_nodes(
+    redis_url: str,
+) -> None:
+    url = redis_url + "&lease=0.5"  # a node that left is reclaimed within a quarter second
+    a = Runtime(store=url)
+    a.register("echo", echo)
+    await a.start()
+    await a.wait(await a.invoke("echo", 0), timeout=5)
+    assert a._cluster is not None
+    store = a._cluster.node.store
+    invoke_and_take = store.records.invoke_and_take
+    in_flight, reply = asyncio.Event(), asyncio.Event()
+
+    async def reply_held(*args: Any) -> Any:
+        answer = await invoke_and_take(*args)  # stored, and claimed by a
+        in_flight.set()
+        await reply.wait()
+        return answer
+
+    writer_close = store.writer.close
+
+    async def reply_once_closing(timeout: float | None = None) -> int:
+        reply.set()  # the runtime's actors are closed by now
+        return await writer_close(timeout)
+
+    store.records.invoke_and_take = reply_held  # type: ignore[method-assign]
+    store.writer.close = reply_once_closing  # type: ignore[method-assign]
+    invoking = asyncio.ensure_future(a.invoke("echo", 1, task_id="late"))
+    await in_flight.wait()
+    await a.close()
+    # Before, handing "late" to the closed runtime raised, and the invoke failed with "the
+    # invoke was not stored" although it was: a caller would invoke it again.
+    assert await invoking == "late"
+    b = Runtime(store=url)
+    b.register("echo", echo)
+    async with b:  # "late" stayed a's in Redis: b reclaims it from the node that left
+        record = await b.wait("late", timeout=5)
+        assert record.status is TaskState.SUCCEEDED and record.result == 1
