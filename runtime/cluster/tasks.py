@@ -338,7 +338,12 @@ class ClusterTasks:
                     # No actor here will act on the stop (its attempt ended, or it gave
                     # the task back for a retry): this node, still the owner, ends it.
                     self._finish_remote_stop(task_id, item)
-            return  # else a stop from elsewhere: the control message brings it to the actor
+                else:
+                    # Its control message may have come before the actor did (a take's or
+                    # a fetch's reply still on its way), and was dropped: ask the actor
+                    # now (a second request joins the stop under way).
+                    self.stop_requested(task_id)
+            return
         self._drop_local(task_id)  # fenced (reclaimed meanwhile) or gone: not ours any more
 
     def _finish_remote_stop(self, task_id: str, item: Transition) -> None:

@@ -198,3 +198,51 @@ async def test_a_take_answered_after_close_began_stores_the_task_for_other_nodes
     async with b:  # "late" stayed a's in Redis: b reclaims it from the node that left
         record = await b.wait("late", timeout=5)
         assert record.status is TaskState.SUCCEEDED and record.result == 1
+
+
+async def test_a_stop_that_reaches_the_node_before_its_take_does_stops_the_task(
+    redis_url: str,
+) -> None:
+    gate = Gate()
+
+    async def held(event: Any, ctx: Any) -> Any:
+        if event:
+            await gate.wait()
+        return event
+
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("held", held)
+    async with a, b:
+        await a.wait(await a.invoke("held", 0), timeout=5)  # a's pool has told its free slots
+        assert a._cluster is not None
+        store = a._cluster.node.store
+        invoke_and_take = store.records.invoke_and_take
+        in_flight, reply = asyncio.Event(), asyncio.Event()
+
+        async def reply_held(*args: Any) -> Any:
+            answer = await invoke_and_take(*args)  # stored, and claimed by a
+            in_flight.set()
+            await reply.wait()
+            return answer
+
+        store.records.invoke_and_take = reply_held  # type: ignore[method-assign]
+        invoking = asyncio.ensure_future(a.invoke("held", 1, task_id="t"))
+        await in_flight.wait()
+        stopping = asyncio.ensure_future(b.stop("t"))  # Stopping, and a's control message
+        control = store.conn.keys.control(store.node_id)
+        for _ in range(500):  # a reads the request (no actor holds "t" there yet) and drops it
+            stored = await store.records.get("t")
+            asked = stored is not None and stored.status == "Stopping"
+            if asked and not await store.conn.command("XLEN", control):
+                break
+            await asyncio.sleep(0.01)
+        reply.set()
+        assert await invoking == "t"
+        # Before, a's actor found its first write refused (Stopping) and ran the attempt
+        # on, waiting for a control message it had already dropped: stuck in Stopping.
+        try:
+            record = await asyncio.wait_for(stopping, 5)
+        finally:
+            gate.open()  # (on failure: the close need not wait for the attempt)
+        assert record.status is TaskState.STOPPED
+        assert gate.entered <= 1 and gate.entered == gate.cancelled
