@@ -15,6 +15,7 @@ import pytest
 
 from runtime import Runtime, TaskState
 from runtime.stores.redis import StoredRecord, Transition
+from runtime.wire import pack_record, unpack_record
 from tests.conftest import eventually
 from tests.runtime.helpers import Gate
 from tests.runtime.redis_helpers import Node, open_nodes
@@ -87,3 +88,41 @@ async def test_a_wait_answered_here_agrees_with_a_stop_that_won_in_redis(redis_u
         assert record.status is TaskState.STOPPED
         assert (await a.get(task_id)).status is TaskState.STOPPED
         assert (await other.records.get(task_id)).status == "Stopped"  # type: ignore[union-attr]
+
+
+async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_end(
+    redis_url: str,
+) -> None:
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id = await a.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+        running = await stored_as(other, task_id, "Running")
+        waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
+        # "other" reclaims it (as after a lapse of a's lease): a's end will be fenced.
+        key = other.keys.task(task_id)
+        await other.conn.command("HSET", key, "owner", "other", "epoch", running.epoch + 1)
+        gate.open()
+        await eventually(lambda: task_id not in a._live)
+        failed = unpack_record(running.blob)
+        failed.status = TaskState.FAILED
+        failed.ended_at = failed.started_at
+        theirs = Transition(
+            task_id,
+            "Running",
+            "other",
+            running.epoch + 1,
+            "Failed",
+            pack_record(failed),
+            0,
+            None,
+            "f",
+        )
+        [result] = await other.records.transition([theirs], node="other")
+        assert result.ok
+        record = await waiting
+        # Before, the wait answered a's Succeeded, refused in Redis: every read said Failed.
+        assert record.status is TaskState.FAILED
+        assert (await a.get(task_id)).status is TaskState.FAILED
