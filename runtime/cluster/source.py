@@ -105,7 +105,7 @@ class SharedSource:
     def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
         """How many new tasks of each function the invoke call under way may take for this
         node: free slots no other call was promised, at most as many as it invokes."""
-        if self._maybe_lost or self._adopting or not self._lease_valid():
+        if self._closing or self._maybe_lost or self._adopting or not self._lease_valid():
             return {}  # a lost reply is looked for first, with no call taking meanwhile
         take = {}
         for function, n in counts.items():
