@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runtime import Runtime, TaskState
+from runtime import Runtime, TaskExistsError, TaskState
 from runtime.cluster.source import SharedSource
 from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError
 from runtime.stores.redis.queue import Fetched
@@ -246,3 +246,20 @@ async def test_a_stop_that_reaches_the_node_before_its_take_does_stops_the_task(
             gate.open()  # (on failure: the close need not wait for the attempt)
         assert record.status is TaskState.STOPPED
         assert gate.entered <= 1 and gate.entered == gate.cancelled
+
+
+async def test_a_task_id_invoked_twice_in_one_take_runs_the_stored_event(redis_url: str) -> None:
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo, concurrency=10)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)  # its free slots are known
+        first, second = await asyncio.gather(
+            rt.invoke("echo", "first", task_id="same"),
+            rt.invoke("echo", "second", task_id="same"),
+            return_exceptions=True,
+        )
+        assert first == "same" and isinstance(second, TaskExistsError)
+        # Before, the take handed over the record of the last invoke of that id, which
+        # Redis refused: the task ran the refused invoke's event.
+        record = await rt.wait("same", timeout=5)
+        assert record.result == "first"

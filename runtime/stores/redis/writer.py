@@ -396,8 +396,10 @@ class InvokeBatcher:
                 codes, raw = await self.records.invoke_and_take(
                     [task for task, _ in batch], node, take
                 )
-                mine = {task.task_id: task.local for task, _ in batch} if take else None
-                fetched = parse_fetched(raw, mine)  # what it took of these comes as it is
+                # What it took of the tasks it stored comes as the invoker made it (only
+                # those: an id invoked twice in a batch is stored once, from the first)
+                mine = _stored_records(batch, codes) if take else None
+                fetched = parse_fetched(raw, mine)
             except StoreError as exc:
                 _fail(batch, exc)
                 continue
@@ -420,6 +422,17 @@ class InvokeBatcher:
         elif self._waiting:  # added after the loop ended, before this callback ran
             self._task = asyncio.get_running_loop().create_task(self._drain())
             self._task.add_done_callback(self._drained)
+
+
+def _stored_records(
+    batch: list[tuple[NewTask, asyncio.Future[InvokeCode]]], codes: list[InvokeCode]
+) -> dict[str, Any]:
+    """Task id -> the invoker's own record, of the tasks the batch stored."""
+    return {
+        task.task_id: task.local
+        for (task, _), code in zip(batch, codes, strict=True)
+        if code is InvokeCode.STORED
+    }
 
 
 def _fail(waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]], error: StoreError) -> None:
