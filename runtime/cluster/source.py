@@ -43,6 +43,7 @@ class SharedSource:
         self._lease_valid = lease_valid
         self._held = held  # every task this node holds (to find what a lost reply claimed)
         self._maybe_lost = False  # a fetch failed: Redis may have applied it, reply lost
+        self._lost: set[str] = set()  # the functions such failed calls may have taken from
         self._wanted: dict[str, int] = {}
         self._more = asyncio.Event()  # capacity grew (or a function came): look again now
         self._nudge: asyncio.Future[None] | None = None  # ends a wait for entries (want)
@@ -128,6 +129,7 @@ class SharedSource:
             return  # what it took stays this node's in Redis: reclaimed once the node leaves
         if fetched is None:  # failed: Redis may have applied it and the reply is lost
             self._maybe_lost = True
+            self._lost.update(take)
             self._look_again()
         elif not fetched.lapsed:
             self._deliver(fetched)
@@ -176,7 +178,7 @@ class SharedSource:
         failures = 0
         while True:
             wanted = {fn: min(n, MAX_FETCH) for fn in self._wanted if (n := self._free(fn)) > 0}
-            if not wanted or not self._lease_valid():
+            if not (wanted or self._maybe_lost) or not self._lease_valid():
                 await self._pause(None)
                 continue
             self._more.clear()
@@ -184,6 +186,7 @@ class SharedSource:
                 fetched = await self._fetch(wanted)
             except StoreError as exc:
                 self._maybe_lost = True
+                self._lost.update(wanted)
                 if not failures:
                     logger.warning("stint: cannot fetch tasks from Redis: %s", exc)
                 await asyncio.sleep(self._backoff.delay(failures))
@@ -235,11 +238,15 @@ class SharedSource:
                 self._adopt(items)
 
     async def _take_back_lost(self, functions: dict[str, int]) -> None:
-        """A fetch whose reply was lost may have claimed tasks this node never heard of:
-        they would stay its own, queued nowhere, until it died. Claim them again (between
-        fetches, as ``RedisQueue.adopt`` requires) and recover them."""
-        claimed = await self.take_back(functions)
+        """A fetch (or an invoke's take) whose reply was lost may have claimed tasks this
+        node never heard of: they would stay its own, queued nowhere, until it died. Claim
+        them again (between fetches, as ``RedisQueue.adopt`` requires) and recover them:
+        in the functions that call took from too, whether or not this node has free slots
+        for them (or serves them) now."""
+        looked = {*functions, *self._lost}
+        claimed = await self.take_back(looked)
         self._maybe_lost = False
+        self._lost -= looked
         if claimed:
             logger.warning("stint: took back %d task(s) a lost fetch reply left", len(claimed))
             self._adopt(claimed)

@@ -263,3 +263,30 @@ async def test_a_task_id_invoked_twice_in_one_take_runs_the_stored_event(redis_u
         # Redis refused: the task ran the refused invoke's event.
         record = await rt.wait("same", timeout=5)
         assert record.result == "first"
+
+
+async def test_a_lost_take_of_a_function_no_longer_served_here_is_taken_back(
+    redis_url: str,
+) -> None:
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("echo", echo)
+    b.register("echo", echo)
+    async with a, b:
+        await a.wait(await a.invoke("echo", 0), timeout=5)
+        assert a._cluster is not None
+        records = a._cluster.node.store.records
+        invoke_and_take = records.invoke_and_take
+
+        async def reply_lost(*args: Any) -> Any:
+            await invoke_and_take(*args)  # Redis stored it and a claimed it ...
+            raise StoreUnavailableError("connection lost")  # ... and the reply never came
+
+        records.invoke_and_take = reply_lost  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailableError):
+            await a.invoke("echo", "lost", task_id="lost")
+        records.invoke_and_take = invoke_and_take  # type: ignore[method-assign]
+        a.unregister("echo")  # before a's fetch loop looked for what the lost reply took
+        # Before, a looked for lost tasks only among the functions it had free slots for:
+        # none now, so "lost" stayed a's in Redis, held by no actor, for as long as a lived.
+        record = await b.wait("lost", timeout=5)
+        assert record.status is TaskState.SUCCEEDED and record.result == "lost"
