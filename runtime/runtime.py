@@ -738,21 +738,14 @@ class Runtime:
         """
         self._check_running()
         timeout = _check_timeout(timeout)
-        if self._cluster is not None and task_id not in self._live:
-            return await self._cluster.wait(task_id, timeout)  # held elsewhere, or by nobody
+        if self._cluster is not None:  # held here or elsewhere, or by nobody: it may end
+            return await self._cluster.wait(task_id, timeout)  # on another node (a retry)
         if task_id not in self._live:  # a live task is unfinished: no need to read it
             record = await self._record(task_id)
             if record.is_terminal:
                 return record.copy()
         try:
-            if self._cluster is None:
-                return await self._waits.wait_finished(task_id, timeout)
-            async with asyncio.timeout(timeout):  # its end, then its end in Redis too
-                record = await self._waits.wait_finished(task_id, None)
-                if await self._cluster.landed(task_id):
-                    return record
-            # Redis refused that end (a stop from elsewhere came first): it has the answer.
-            return await self._cluster.wait(task_id, timeout)
+            return await self._waits.wait_finished(task_id, timeout)
         except TimeoutError:
             now = await self._store.get(task_id)
             status = now.status if now is not None else "unknown"

@@ -137,6 +137,7 @@ class ClusterNode:
     async def stop_taking_work(self) -> None:
         """The runtime closes: no more fetching (what this node holds goes on)."""
         self.store.invokes.taker = None
+        self.source.stop_taking()
         if self._loops:
             await cancel_and_wait(self._loops[0])
 

@@ -43,6 +43,7 @@ class SharedSource:
         self._lease_valid = lease_valid
         self._held = held  # every task this node holds (to find what a lost reply claimed)
         self._maybe_lost = False  # a fetch failed: Redis may have applied it, reply lost
+        self._lost: set[str] = set()  # the functions such failed calls may have taken from
         self._wanted: dict[str, int] = {}
         self._more = asyncio.Event()  # capacity grew (or a function came): look again now
         self._nudge: asyncio.Future[None] | None = None  # ends a wait for entries (want)
@@ -59,6 +60,8 @@ class SharedSource:
         self._no_takes.set()
         self._adopting = False  # a look for lost replies' tasks is under way: no takes
         self._exclusive = asyncio.Lock()  # a fetch, or a look for lost replies' tasks
+        self._call_ended = asyncio.Event()  # a call that takes tasks ended (see settled)
+        self._closing = False  # the runtime closes: nothing is handed over (stop_taking)
         self._backoff = Backoff()
         # The wait for new entries has a connection of its own, and outlives a wake-up by
         # capacity: it is left running rather than cancelled (see BlockingReader), and
@@ -89,6 +92,8 @@ class SharedSource:
         return self._wanted.get(function, 0) - self._reserved.get(function, 0)
 
     def _promise(self, take: Mapping[str, int], sign: int) -> None:
+        if sign < 0:
+            self._call_ended.set()
         for function, n in take.items():
             left = self._reserved.get(function, 0) + sign * n
             if left > 0:
@@ -101,7 +106,7 @@ class SharedSource:
     def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
         """How many new tasks of each function the invoke call under way may take for this
         node: free slots no other call was promised, at most as many as it invokes."""
-        if self._maybe_lost or self._adopting or not self._lease_valid():
+        if self._closing or self._maybe_lost or self._adopting or not self._lease_valid():
             return {}  # a lost reply is looked for first, with no call taking meanwhile
         take = {}
         for function, n in counts.items():
@@ -120,16 +125,34 @@ class SharedSource:
         self._takes -= 1
         if not self._takes:
             self._no_takes.set()
+        if self._closing:
+            return  # what it took stays this node's in Redis: reclaimed once the node leaves
         if fetched is None:  # failed: Redis may have applied it and the reply is lost
             self._maybe_lost = True
+            self._lost.update(take)
             self._look_again()
         elif not fetched.lapsed:
             self._deliver(fetched)
             if not self._note_drained(fetched, take):
                 self._look_again()  # it took all it asked for: the stream may hold more
 
+    def stop_taking(self) -> None:
+        """The runtime closes: a take still under way hands nothing over (its tasks would go
+        to pools that drain, or to an actor system that is closed); they stay this node's
+        in Redis, and another node reclaims them once this one has left the cluster."""
+        self._closing = True
+
     def stop_serving(self, function: str) -> None:
         self._wanted.pop(function, None)
+
+    async def settled(self, function: str) -> None:
+        """Until no call under way may still hand over tasks of ``function`` (a fetch or an
+        invoke's take promised its slots before this node stopped serving it, or a look
+        for lost replies): what they took has been handed over (and, no longer served
+        here, given back) by then."""
+        while self._reserved.get(function, 0) > 0 or self._adopting:
+            self._call_ended.clear()
+            await self._call_ended.wait()
 
     async def run(self) -> None:
         """Fetch while there is room; wait while there is none or nothing is queued."""
@@ -140,6 +163,7 @@ class SharedSource:
 
     async def close(self) -> None:
         """After :meth:`run` ended: release the waiting connection."""
+        self.stop_taking()
         await self._end_watch()
         await self._reader.close()
 
@@ -154,7 +178,7 @@ class SharedSource:
         failures = 0
         while True:
             wanted = {fn: min(n, MAX_FETCH) for fn in self._wanted if (n := self._free(fn)) > 0}
-            if not wanted or not self._lease_valid():
+            if not (wanted or self._maybe_lost) or not self._lease_valid():
                 await self._pause(None)
                 continue
             self._more.clear()
@@ -162,6 +186,7 @@ class SharedSource:
                 fetched = await self._fetch(wanted)
             except StoreError as exc:
                 self._maybe_lost = True
+                self._lost.update(wanted)
                 if not failures:
                     logger.warning("stint: cannot fetch tasks from Redis: %s", exc)
                 await asyncio.sleep(self._backoff.delay(failures))
@@ -213,11 +238,15 @@ class SharedSource:
                 self._adopt(items)
 
     async def _take_back_lost(self, functions: dict[str, int]) -> None:
-        """A fetch whose reply was lost may have claimed tasks this node never heard of:
-        they would stay its own, queued nowhere, until it died. Claim them again (between
-        fetches, as ``RedisQueue.adopt`` requires) and recover them."""
-        claimed = await self.take_back(functions)
+        """A fetch (or an invoke's take) whose reply was lost may have claimed tasks this
+        node never heard of: they would stay its own, queued nowhere, until it died. Claim
+        them again (between fetches, as ``RedisQueue.adopt`` requires) and recover them:
+        in the functions that call took from too, whether or not this node has free slots
+        for them (or serves them) now."""
+        looked = {*functions, *self._lost}
+        claimed = await self.take_back(looked)
         self._maybe_lost = False
+        self._lost -= looked
         if claimed:
             logger.warning("stint: took back %d task(s) a lost fetch reply left", len(claimed))
             self._adopt(claimed)
@@ -233,6 +262,7 @@ class SharedSource:
                 return await self._queue.adopt(functions, self._held())
             finally:
                 self._adopting = False
+                self._call_ended.set()
 
     async def _pause(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

@@ -207,21 +207,23 @@ class ClusterTasks:
             async with asyncio.timeout(timeout):
                 while True:
                     waiter = waits.expect(task_id)
-                    # Taken by this node meanwhile, it ends in a task actor here: answered
-                    # then as a wait on a task held here is, without another read.
+                    # Held here, or taken by this node meanwhile, it ends in a task actor
+                    # here: answered then as it ended, without another read.
                     ended = waits.expect_finished(task_id)
                     try:
                         record = await self._read(task_id)
-                        if record.is_terminal:
-                            return record.copy()
-                        either: list[asyncio.Future[Any]] = [waiter, ended]
-                        await asyncio.wait(either, timeout=POLL, return_when=_FIRST)
-                        if ended.done():
+                        if not record.is_terminal:
+                            either: list[asyncio.Future[Any]] = [waiter, ended]
+                            await asyncio.wait(either, timeout=POLL, return_when=_FIRST)
+                            if not ended.done():
+                                continue
                             record = ended.result()
-                            if await self.landed(task_id):
-                                return record
-                            # Redis refused its end (a stop from elsewhere came first):
-                            # what Redis has is the answer, read in the next round.
+                        # An end here is answered once it is in Redis, as Redis has it (a
+                        # stop that reached Redis first wins); if it never got there, the
+                        # task's end is decided elsewhere: read again.
+                        landed = await self.store.landed(task_id, record)
+                        if landed is not None and landed.is_terminal:
+                            return landed.copy()
                     finally:
                         waits.forget(task_id, waiter)
                         waits.forget_finished(task_id, ended)
@@ -232,11 +234,6 @@ class ClusterTasks:
                 f"task {task_id} is still {status} after {timeout} s; wait longer, "
                 "or stop it with rt.stop"
             ) from None
-
-    async def landed(self, task_id: str) -> bool:
-        """Until this node's write that ended ``task_id`` is in Redis; False if it was
-        refused (see RedisStore.landed)."""
-        return await self.store.landed(task_id)
 
     async def _read(self, task_id: str) -> TaskRecord:
         try:
@@ -276,6 +273,11 @@ class ClusterTasks:
         info = await self.node.function(name)  # its settings, before they go
         config = config_from_wire(info.config) if info is not None else FunctionConfig()
         existed = await self.store.functions.delete(name)
+        # A fetch or an invoke's take of this node under way may have claimed some of its
+        # queued tasks: no longer served here, they are given back, and found below once
+        # queued again (else they would be queued after the look, for a deleted function).
+        await self.node.source.settled(name)
+        await self.store.writer.flush(timeout=5.0)
         reason = f"function {name!r} was deleted"
         while True:
             found = await self.store.records.unowned(name)
@@ -336,7 +338,12 @@ class ClusterTasks:
                     # No actor here will act on the stop (its attempt ended, or it gave
                     # the task back for a retry): this node, still the owner, ends it.
                     self._finish_remote_stop(task_id, item)
-            return  # else a stop from elsewhere: the control message brings it to the actor
+                else:
+                    # Its control message may have come before the actor did (a take's or
+                    # a fetch's reply still on its way), and was dropped: ask the actor
+                    # now (a second request joins the stop under way).
+                    self.stop_requested(task_id)
+            return
         self._drop_local(task_id)  # fenced (reclaimed meanwhile) or gone: not ours any more
 
     def _finish_remote_stop(self, task_id: str, item: Transition) -> None:
@@ -363,7 +370,7 @@ class ClusterTasks:
             record.status = S.STOPPED
             record.ended_at = now
             record._events.append((NAME[S.STOPPED], now, detail))
-        self.store.writer.put(task_id, "Stopped", record, scripts.FINAL)
+        self.store.finished(record)  # (a wait on it here answers with this: store.landed)
 
     def _drop_local(self, task_id: str) -> None:
         self.store.drop(task_id)

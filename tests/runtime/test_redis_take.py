@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runtime import Runtime, TaskState
+from runtime import Runtime, TaskExistsError, TaskState
 from runtime.cluster.source import SharedSource
 from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError, Transition
 from runtime.stores.redis.queue import Fetched
@@ -160,3 +160,168 @@ async def test_a_wait_answered_here_gives_what_redis_has_when_its_end_was_refuse
         record = await waiting
         assert record.status is TaskState.STOPPED  # not the Succeeded Redis refused
         assert (await rt.get(task_id)).status is TaskState.STOPPED
+
+
+async def test_a_function_deleted_while_a_take_is_under_way_strands_no_task(
+    redis_url: str,
+) -> None:
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)
+        assert rt._cluster is not None
+        records = rt._cluster.node.store.records
+        invoke_and_take = records.invoke_and_take
+        in_flight, reply = asyncio.Event(), asyncio.Event()
+
+        async def reply_held(*args: Any) -> Any:
+            answer = await invoke_and_take(*args)  # stored, and claimed by this node
+            in_flight.set()
+            await reply.wait()
+            return answer
+
+        records.invoke_and_take = reply_held  # type: ignore[method-assign]
+        invoking = asyncio.ensure_future(rt.invoke("echo", 1, task_id="late"))
+        await in_flight.wait()
+        deleting = asyncio.ensure_future(rt.delete_function("echo"))
+        # Before, the delete ended meanwhile, finding "late" held by this node; the take's
+        # reply then gave it back to the queue of a function nobody may serve: Enqueued
+        # for ever. Now the delete waits for the take, and finds it queued again.
+        await asyncio.wait([deleting], timeout=0.3)
+        reply.set()
+        await deleting
+        await invoking
+        record = await rt.wait("late", timeout=5)
+        assert record.status is TaskState.INVALID
+
+
+async def test_a_take_answered_after_close_began_stores_the_task_for_other_nodes(
+    redis_url: str,
+) -> None:
+    url = redis_url + "&lease=0.5"  # a node that left is reclaimed within a quarter second
+    a = Runtime(store=url)
+    a.register("echo", echo)
+    await a.start()
+    await a.wait(await a.invoke("echo", 0), timeout=5)
+    assert a._cluster is not None
+    store = a._cluster.node.store
+    invoke_and_take = store.records.invoke_and_take
+    in_flight, reply = asyncio.Event(), asyncio.Event()
+
+    async def reply_held(*args: Any) -> Any:
+        answer = await invoke_and_take(*args)  # stored, and claimed by a
+        in_flight.set()
+        await reply.wait()
+        return answer
+
+    writer_close = store.writer.close
+
+    async def reply_once_closing(timeout: float | None = None) -> int:
+        reply.set()  # the runtime's actors are closed by now
+        return await writer_close(timeout)
+
+    store.records.invoke_and_take = reply_held  # type: ignore[method-assign]
+    store.writer.close = reply_once_closing  # type: ignore[method-assign]
+    invoking = asyncio.ensure_future(a.invoke("echo", 1, task_id="late"))
+    await in_flight.wait()
+    await a.close()
+    # Before, handing "late" to the closed runtime raised, and the invoke failed with "the
+    # invoke was not stored" although it was: a caller would invoke it again.
+    assert await invoking == "late"
+    b = Runtime(store=url)
+    b.register("echo", echo)
+    async with b:  # "late" stayed a's in Redis: b reclaims it from the node that left
+        record = await b.wait("late", timeout=5)
+        assert record.status is TaskState.SUCCEEDED and record.result == 1
+
+
+async def test_a_stop_that_reaches_the_node_before_its_take_does_stops_the_task(
+    redis_url: str,
+) -> None:
+    gate = Gate()
+
+    async def held(event: Any, ctx: Any) -> Any:
+        if event:
+            await gate.wait()
+        return event
+
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("held", held)
+    async with a, b:
+        await a.wait(await a.invoke("held", 0), timeout=5)  # a's pool has told its free slots
+        assert a._cluster is not None
+        store = a._cluster.node.store
+        invoke_and_take = store.records.invoke_and_take
+        in_flight, reply = asyncio.Event(), asyncio.Event()
+
+        async def reply_held(*args: Any) -> Any:
+            answer = await invoke_and_take(*args)  # stored, and claimed by a
+            in_flight.set()
+            await reply.wait()
+            return answer
+
+        store.records.invoke_and_take = reply_held  # type: ignore[method-assign]
+        invoking = asyncio.ensure_future(a.invoke("held", 1, task_id="t"))
+        await in_flight.wait()
+        stopping = asyncio.ensure_future(b.stop("t"))  # Stopping, and a's control message
+        control = store.conn.keys.control(store.node_id)
+        for _ in range(500):  # a reads the request (no actor holds "t" there yet) and drops it
+            stored = await store.records.get("t")
+            asked = stored is not None and stored.status == "Stopping"
+            if asked and not await store.conn.command("XLEN", control):
+                break
+            await asyncio.sleep(0.01)
+        reply.set()
+        assert await invoking == "t"
+        # Before, a's actor found its first write refused (Stopping) and ran the attempt
+        # on, waiting for a control message it had already dropped: stuck in Stopping.
+        try:
+            record = await asyncio.wait_for(stopping, 5)
+        finally:
+            gate.open()  # (on failure: the close need not wait for the attempt)
+        assert record.status is TaskState.STOPPED
+        assert gate.entered <= 1 and gate.entered == gate.cancelled
+
+
+async def test_a_task_id_invoked_twice_in_one_take_runs_the_stored_event(redis_url: str) -> None:
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo, concurrency=10)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)  # its free slots are known
+        first, second = await asyncio.gather(
+            rt.invoke("echo", "first", task_id="same"),
+            rt.invoke("echo", "second", task_id="same"),
+            return_exceptions=True,
+        )
+        assert first == "same" and isinstance(second, TaskExistsError)
+        # Before, the take handed over the record of the last invoke of that id, which
+        # Redis refused: the task ran the refused invoke's event.
+        record = await rt.wait("same", timeout=5)
+        assert record.result == "first"
+
+
+async def test_a_lost_take_of_a_function_no_longer_served_here_is_taken_back(
+    redis_url: str,
+) -> None:
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("echo", echo)
+    b.register("echo", echo)
+    async with a, b:
+        await a.wait(await a.invoke("echo", 0), timeout=5)
+        assert a._cluster is not None
+        records = a._cluster.node.store.records
+        invoke_and_take = records.invoke_and_take
+
+        async def reply_lost(*args: Any) -> Any:
+            await invoke_and_take(*args)  # Redis stored it and a claimed it ...
+            raise StoreUnavailableError("connection lost")  # ... and the reply never came
+
+        records.invoke_and_take = reply_lost  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailableError):
+            await a.invoke("echo", "lost", task_id="lost")
+        records.invoke_and_take = invoke_and_take  # type: ignore[method-assign]
+        a.unregister("echo")  # before a's fetch loop looked for what the lost reply took
+        # Before, a looked for lost tasks only among the functions it had free slots for:
+        # none now, so "lost" stayed a's in Redis, held by no actor, for as long as a lived.
+        record = await b.wait("lost", timeout=5)
+        assert record.status is TaskState.SUCCEEDED and record.result == "lost"

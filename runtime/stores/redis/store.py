@@ -81,7 +81,7 @@ class RedisStore:
         #: tasks this node ended or gave back whose last write is not in yet: what ``get``
         #: answers for them meanwhile (a wait answered here is followed by a true get)
         self._leaving: dict[str, TaskRecord] = {}
-        self._landing: dict[str, asyncio.Future[bool]] = {}  # waits for a _leaving write
+        self._landing: dict[str, asyncio.Future[TaskRecord | None]] = {}  # a _leaving write
         #: each function's ``max_queued`` as the invoking runtime knows it (set before add)
         self.queue_limits: dict[str, int] = {}
         #: told of writes Redis refused (set by the runtime's cluster node)
@@ -112,7 +112,7 @@ class RedisStore:
                     self.url,
                 )
             for task_id in list(self._landing):
-                self._left(task_id, as_written=False)  # no write comes any more
+                self._left(task_id)  # no write comes any more: nobody waits for one
             await self.invokes.close()
             try:
                 await self.nodes.leave()  # the others reclaim what this node still holds, now
@@ -244,33 +244,36 @@ class RedisStore:
 
     # refused writes -----------------------------------------------------------------------
 
-    async def landed(self, task_id: str) -> bool:
-        """Until the write that ended (or gave back) ``task_id`` here is in Redis, or was
-        refused: from then on every node reads what this one decided. A ``wait`` answered
-        by a task actor here returns after this, so reads that follow it agree with it.
+    async def landed(self, task_id: str, record: TaskRecord) -> TaskRecord | None:
+        """What a ``wait`` that saw ``record`` (the task's end here, or a read) may answer.
 
-        True if Redis has what this node wrote; False if it refused it (a stop from
-        another node came first, say): then read the task from Redis."""
+        Until the write that ended (or gave back) ``task_id`` here is in Redis: from then
+        on every node reads what this one decided. Returns that write's record (``record``
+        itself when no write of it is on its way; a Stopped if a stop asked elsewhere
+        reached Redis first, and this node wrote that instead), or None when the write was
+        refused or the task was taken up again: its end is decided later, or elsewhere,
+        so read again."""
         if task_id not in self._leaving:
-            return True
+            return record
         future = self._landing.get(task_id)
         if future is None:
             future = self._landing[task_id] = asyncio.get_running_loop().create_future()
         return await asyncio.shield(future)
 
-    def _left(self, task_id: str, as_written: bool = True) -> None:
-        """Redis has the task's last write from here (or, not ``as_written``, something
-        else: read it from there)."""
+    def _left(self, task_id: str, landed: TaskRecord | None = None) -> None:
+        """The task's last write from here is settled: in Redis as ``landed``, or not."""
         self._leaving.pop(task_id, None)
         future = self._landing.pop(task_id, None)
         if future is not None and not future.done():
-            future.set_result(as_written)
+            future.set_result(landed)
 
     def _written(self, task_id: str) -> None:
-        self._left(task_id)
+        self._left(task_id, self._leaving.get(task_id))
 
     def _refused(self, task_id: str, item: Transition, result: WriteResult) -> None:
-        self._left(task_id, as_written=False)
+        # The refused write is not what Redis has: get reads Redis again (or what the
+        # runtime writes instead, below: a Stopped when a stop won the race).
+        self._leaving.pop(task_id, None)
         if result.code is not WriteCode.CONFLICT:
             self._held.pop(task_id, None)
         if self.on_refused is not None:
@@ -282,6 +285,8 @@ class RedisStore:
                 item.new_status,
                 result.detail,
             )
+        if task_id not in self._leaving:  # else its waiters wait for what replaces it
+            self._left(task_id)
 
     def _unpack(self, task_id: str, blob: bytes) -> TaskRecord | None:
         try:

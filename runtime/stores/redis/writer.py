@@ -419,8 +419,10 @@ class InvokeBatcher:
                 codes, raw = await self.records.invoke_and_take(
                     [task for task, _ in batch], node, take
                 )
-                mine = {task.task_id: task.local for task, _ in batch} if take else None
-                fetched = parse_fetched(raw, mine)  # what it took of these comes as it is
+                # What it took of the tasks it stored comes as the invoker made it (only
+                # those: an id invoked twice in a batch is stored once, from the first)
+                mine = _stored_records(batch, codes) if take else None
+                fetched = parse_fetched(raw, mine)
             except StoreError as exc:
                 _fail(batch, exc)
                 continue
@@ -445,6 +447,17 @@ class InvokeBatcher:
                 self._waiting = []
         if self._waiting and len(self._in_flight) < self._calls:
             self._start(asyncio.get_running_loop())  # added after its loop ended
+
+
+def _stored_records(
+    batch: list[tuple[NewTask, asyncio.Future[InvokeCode]]], codes: list[InvokeCode]
+) -> dict[str, Any]:
+    """Task id -> the invoker's own record, of the tasks the batch stored."""
+    return {
+        task.task_id: task.local
+        for (task, _), code in zip(batch, codes, strict=True)
+        if code is InvokeCode.STORED
+    }
 
 
 def _fail(waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]], error: StoreError) -> None:

@@ -1,0 +1,128 @@
+"""A wait on a cluster answers what Redis ends up with, wherever the task ends.
+
+A wait on a task held here is answered by its task actor, once the actor's last write
+is in Redis; when that write does not go in as it was (a stop asked elsewhere reached
+Redis first), or the task leaves this node before it ends (a retry another node
+runs), the wait answers what the cluster decided instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from runtime import Runtime, TaskState
+from runtime.stores.redis import StoredRecord, Transition
+from runtime.wire import pack_record, unpack_record
+from tests.conftest import eventually
+from tests.runtime.helpers import Gate
+from tests.runtime.redis_helpers import Node, open_nodes
+
+pytestmark = pytest.mark.redis
+
+
+async def echo(event: Any, ctx: Any) -> Any:
+    return event
+
+
+async def stored_as(node: Node, task_id: str, status: str) -> StoredRecord:
+    """The record as Redis has it, once it says ``status``."""
+    found: list[StoredRecord] = []
+
+    async def check() -> bool:
+        stored = await node.records.get(task_id)
+        found[:] = [stored] if stored is not None else []
+        return stored is not None and stored.status == status
+
+    for _ in range(500):
+        if await check():
+            return found[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{task_id} never became {status} in Redis: {found}")
+
+
+async def test_a_wait_on_a_task_retried_on_another_node_returns_its_end(redis_url: str) -> None:
+    gate = Gate()
+
+    async def fails(event: Any, ctx: Any) -> Any:
+        await gate.wait()
+        raise RuntimeError("the first attempt fails")
+
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("f", fails, max_retries=1, retry_backoff=0.01)
+    async with a, b:
+        task_id = await a.invoke("f", 1)  # taken by a in its invoke's call
+        await eventually(lambda: gate.entered == 1)
+        waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
+        await asyncio.sleep(0)  # the wait starts while a holds the task
+        a.unregister("f")  # the retry goes to b
+        b.register("f", echo, max_retries=1)
+        gate.open()
+        # Before, the wait waited for a's task actor, which gave the task back for its
+        # retry and never ended it: WaitTimeoutError (or, without a timeout, forever).
+        record = await waiting
+        assert record.status is TaskState.SUCCEEDED and record.result == 1
+
+
+async def test_a_wait_answered_here_agrees_with_a_stop_that_won_in_redis(redis_url: str) -> None:
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id = await a.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+        running = await stored_as(other, task_id, "Running")
+        waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
+        # Another node's stop reaches Redis before a's end (its control message not yet
+        # read: none is sent here), so a's Succeeded is refused and a writes Stopped.
+        stop = Transition(
+            task_id, "Running", running.owner, running.epoch, "Stopping", running.blob, 0, None, "s"
+        )
+        [result] = await other.records.transition([stop], node="other")
+        assert result.ok
+        gate.open()
+        record = await waiting
+        # Before, the wait answered the actor's Succeeded, and every read after said Stopped.
+        assert record.status is TaskState.STOPPED
+        assert (await a.get(task_id)).status is TaskState.STOPPED
+        assert (await other.records.get(task_id)).status == "Stopped"  # type: ignore[union-attr]
+
+
+async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_end(
+    redis_url: str,
+) -> None:
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id = await a.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+        running = await stored_as(other, task_id, "Running")
+        waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
+        # "other" reclaims it (as after a lapse of a's lease): a's end will be fenced.
+        key = other.keys.task(task_id)
+        await other.conn.command("HSET", key, "owner", "other", "epoch", running.epoch + 1)
+        gate.open()
+        await eventually(lambda: task_id not in a._live)
+        failed = unpack_record(running.blob)
+        failed.status = TaskState.FAILED
+        failed.ended_at = failed.started_at
+        theirs = Transition(
+            task_id,
+            "Running",
+            "other",
+            running.epoch + 1,
+            "Failed",
+            pack_record(failed),
+            0,
+            None,
+            "f",
+        )
+        [result] = await other.records.transition([theirs], node="other")
+        assert result.ok
+        record = await waiting
+        # Before, the wait answered a's Succeeded, refused in Redis: every read said Failed.
+        assert record.status is TaskState.FAILED
+        assert (await a.get(task_id)).status is TaskState.FAILED
