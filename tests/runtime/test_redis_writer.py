@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runtime.errors import StoreError
 from runtime.stores.redis import (
@@ -23,8 +24,9 @@ from runtime.stores.redis import (
     Transition,
     WriteCode,
     WriteResult,
+    parse_redis_url,
 )
-from runtime.stores.redis.client import MAX_CONNECTIONS
+from runtime.stores.redis.client import MAX_CONNECTIONS, QueueingPool
 from runtime.stores.redis.writer import HOLD, INVOKE_BATCH, INVOKE_CALLS
 from tests.conftest import eventually
 from tests.runtime.redis_helpers import Node, open_nodes
@@ -237,6 +239,23 @@ async def test_a_burst_of_calls_beyond_the_pool_waits_for_a_connection(redis_url
         replies = await asyncio.gather(*(a.conn.command("PING") for _ in range(burst)))
         assert replies == [True] * burst and a.conn.failures == 0
         assert a.conn.client.connection_pool.max_connections == MAX_CONNECTIONS
+
+
+async def test_a_caller_waits_for_a_connection_only_as_long_as_the_pool_allows(
+    redis_url: str,
+) -> None:
+    options = parse_redis_url(redis_url)
+    pool = QueueingPool(max_connections=1, wait=0.2, host=options.host, port=options.port)
+    held = await pool.get_connection()
+    waiting = asyncio.ensure_future(pool.get_connection())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # every connection is busy: it waits, not fails
+    await pool.release(held)
+    assert await asyncio.wait_for(waiting, 1) is held  # the one given back
+    with pytest.raises(RedisConnectionError, match="No connection available"):
+        await pool.get_connection()  # still held: no more than `wait` s
+    await pool.release(held)
+    await pool.disconnect()
 
 
 async def test_a_missing_record_is_reported(redis_url: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
@@ -376,15 +377,68 @@ def _queueing(client: aioredis.Redis, maint: Any = None) -> aioredis.Redis:
 
     redis-py's default pool raises ``MaxConnectionsError`` at once when every connection
     is busy: a burst of a few hundred concurrent ``stop`` or ``get`` calls would fail
-    with a false "Redis is unreachable". Its BlockingConnectionPool queues them instead,
+    with a false "Redis is unreachable". :class:`QueueingPool` queues them instead,
     with the same connection settings (the client built them from the URL)."""
     built = client.connection_pool
     extra = {} if maint is None else {"maint_notifications_config": maint}
-    pool = aioredis.BlockingConnectionPool(
+    pool = QueueingPool(
         connection_class=built.connection_class,
         max_connections=MAX_CONNECTIONS,
-        timeout=POOL_WAIT,
+        wait=POOL_WAIT,
         **extra,
         **built.connection_kwargs,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class QueueingPool(aioredis.ConnectionPool):
+    """redis-py's plain pool, except that a caller finding every connection busy waits
+    (up to ``wait`` s) for one to come back instead of failing.
+
+    redis-py's BlockingConnectionPool does that too, but every call pays for it: a
+    condition, a timeout and their hand-offs cost ~35 µs a call here (a PING round
+    trip of 170 µs against 138 µs on the plain pool). This one pays only when the
+    pool is exhausted."""
+
+    def __init__(self, *, wait: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wait = wait
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = None
+        while True:
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except RedisConnectionError as exc:
+                if "Too many connections" not in str(exc):
+                    raise
+            loop = asyncio.get_running_loop()
+            deadline = deadline if deadline is not None else loop.time() + self._wait
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                if not waiter.done() or waiter.cancelled():
+                    raise RedisConnectionError("No connection available.") from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the connection is another's
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """One caller waiting for a connection tries again (first come, first served)."""
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
