@@ -489,6 +489,8 @@ class Runtime:
         except StintError as error:
             self._count_rejected(name, error)
             raise
+        if self._cluster is not None:  # (straight there: one coroutine fewer per pending invoke)
+            return await self._accept_shared(name, data, task_id, delay=delay, note="accepted")
         event = payload if type(payload) in _IMMUTABLE else NOT_DECODED
         return await self._accept(name, data, event, task_id, delay=delay)
 

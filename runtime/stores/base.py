@@ -38,8 +38,10 @@ class Store(Protocol):
         """Raise :class:`StoreError` unless the store answers now (readiness)."""
         ...
 
-    def add(self, record: TaskRecord) -> Awaitable[None] | None:
-        """Store a new Enqueued record; raises ``TaskExistsError`` if its id is taken."""
+    def add(self, record: TaskRecord) -> Awaitable[object] | None:
+        """Store a new Enqueued record; raises ``TaskExistsError`` if its id is taken.
+
+        A store that writes later returns what to await (its value is not used)."""
         ...
 
     def update(self, record: TaskRecord) -> None:

@@ -333,6 +333,25 @@ async def test_invokes_of_one_burst_share_round_trips(redis_url: str) -> None:
         await batcher.close()
 
 
+async def test_a_refusal_hook_makes_an_unstored_invoke_raise(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+
+        def refusal(task: NewTask, code: InvokeCode) -> Exception:
+            return LookupError(f"{task.task_id}: {code.name}")
+
+        batcher = InvokeBatcher(a.records, refusal=refusal)
+        stored = batcher.add(NewTask("t1", "f", 1.0, b"x"))
+        duplicate = batcher.add(NewTask("t1", "f", 2.0, b"x"))
+        unknown = batcher.add(NewTask("u", "nobody", 3.0, b"x"))
+        assert await stored is InvokeCode.STORED
+        with pytest.raises(LookupError, match="t1: EXISTS"):
+            await duplicate
+        with pytest.raises(LookupError, match="u: NO_FUNCTION"):
+            await unknown
+        await batcher.close()
+
+
 async def test_a_burst_is_stored_by_two_calls_in_flight_at_once(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")

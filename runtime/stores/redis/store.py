@@ -20,7 +20,13 @@ from collections.abc import Awaitable, Callable
 
 from actors import Clock
 
-from ...errors import FunctionNotFoundError, QueueFullError, StoreError, TaskExistsError
+from ...errors import (
+    FunctionNotFoundError,
+    QueueFullError,
+    StintError,
+    StoreError,
+    TaskExistsError,
+)
 from ...listing import Query
 from ...record import TaskRecord
 from ...states import NAME, TERMINAL, TaskState
@@ -71,7 +77,7 @@ class RedisStore:
             on_refused=self._refused,
             on_given_up=self._written,
         )
-        self.invokes = InvokeBatcher(self.records)
+        self.invokes = InvokeBatcher(self.records, refusal=self._refusal)
         self.queue = RedisQueue(self.conn, node_id)
         self.nodes = NodeRegistry(
             self.conn, node_id, clock=clock.time, monotonic=_real_monotonic(clock)
@@ -126,7 +132,7 @@ class RedisStore:
 
     # the Store protocol -----------------------------------------------------------------
 
-    def add(self, record: TaskRecord) -> Awaitable[None]:
+    def add(self, record: TaskRecord) -> Awaitable[object]:
         delay_ms = None
         if record.due_at is not None:
             delay_ms = max(0, round((record.due_at - record.created_at) * 1000))
@@ -141,27 +147,28 @@ class RedisStore:
             limit,
             local=record,  # a take in the same call hands it to the task actor as it is
         )
-        return self._added(record, self.invokes.add(task))
+        # The batcher's own future: it raises what _refusal says (one coroutine fewer per
+        # pending invoke, and a burst keeps thousands pending).
+        return self.invokes.add(task)
 
-    async def _added(self, record: TaskRecord, pending: Awaitable[InvokeCode]) -> None:
-        code = await pending
+    def _refusal(self, task: NewTask, code: InvokeCode) -> StintError:
+        """What an invoke Redis did not store raises (told to the invoke batcher)."""
         if code is InvokeCode.EXISTS:
-            raise TaskExistsError(
-                f"a task with id {record.task_id!r} already exists in the cluster; pick another "
+            return TaskExistsError(
+                f"a task with id {task.task_id!r} already exists in the cluster; pick another "
                 "id, or omit task_id to get a generated one"
             )
         if code is InvokeCode.QUEUE_FULL:
-            limit = self.queue_limits.get(record.function, 0)
-            raise QueueFullError(
-                f"function {record.function!r} already has {limit} tasks waiting in the "
+            limit = task.max_queued
+            return QueueFullError(
+                f"function {task.function!r} already has {limit} tasks waiting in the "
                 f"cluster (max_queued={limit}); retry later, add capacity (more nodes, "
                 "max_instances, concurrency) or raise max_queued"
             )
-        if code is InvokeCode.NO_FUNCTION:
-            raise FunctionNotFoundError(
-                f"no node of the cluster at {self.url} has registered {record.function!r} (or "
-                "it was deleted); register it on a node first"
-            )
+        return FunctionNotFoundError(
+            f"no node of the cluster at {self.url} has registered {task.function!r} (or "
+            "it was deleted); register it on a node first"
+        )
 
     def update(self, record: TaskRecord) -> None:
         self.writer.put(record.task_id, NAME[record.status], record)

@@ -371,9 +371,12 @@ class InvokeBatcher:
         max_batch: int = INVOKE_BATCH,
         taker: Taker | None = None,
         calls: int = INVOKE_CALLS,
+        refusal: Callable[[NewTask, InvokeCode], Exception] | None = None,
     ) -> None:
         self.records = records
         self.taker = taker
+        #: given, a task Redis did not store gets the exception it returns, not its code
+        self._refusal = refusal
         self._max_batch = max_batch
         self._calls = calls  # calls in flight at most
         self._waiting: list[tuple[NewTask, asyncio.Future[InvokeCode]]] = []
@@ -430,9 +433,14 @@ class InvokeBatcher:
                 if taker is not None and take:
                     taker.taken(take, fetched)
             self.batches += 1
-            for (_, future), code in zip(batch, codes, strict=True):
-                if not future.done():
+            refusal = self._refusal
+            for (task, future), code in zip(batch, codes, strict=True):
+                if future.done():
+                    continue
+                if refusal is None or code is InvokeCode.STORED:
                     future.set_result(code)
+                else:
+                    future.set_exception(refusal(task, code))
         self._in_flight[me] = []
 
     def _drained(self, task: asyncio.Task[None]) -> None:
