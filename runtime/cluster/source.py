@@ -68,6 +68,7 @@ class SharedSource:
         # the next wait picks it up. Only closing ends it early, by interrupting it.
         self._reader = queue.conn.blocking_reader("fetch")
         self._watch: asyncio.Task[dict[str, str]] | None = None
+        self._watching: frozenset[str] = frozenset()  # the functions the watch looks at
         self.fetched = 0  #: tasks taken from the cluster's streams (metrics)
         self.node = queue.node  #: (for the invoke batcher: see reserve)
 
@@ -273,10 +274,16 @@ class SharedSource:
     async def _wait_for_entries(self, last_ids: dict[str, str]) -> None:
         """Until a stream has something new, capacity grows, or a second passes."""
         while not self._more.is_set():  # (capacity grew since the fetch: fetch again first)
+            if self._watch is not None and not self._watching.issuperset(last_ids):
+                # A watch left from an earlier wait does not cover a function looked at now
+                # (one just registered, or back from a full node): its new entries would wait
+                # for that watch's time-out. Cut it short and watch them all.
+                await self._end_watch()
             if self._watch is None:
                 after = {
                     fn: max(i, self._seen.get(fn, i), key=entry_order) for fn, i in last_ids.items()
                 }
+                self._watching = frozenset(after)
                 self._watch = asyncio.ensure_future(
                     self._queue.first_new_entries(after, _WAIT, reader=self._reader)
                 )

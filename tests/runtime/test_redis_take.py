@@ -325,3 +325,31 @@ async def test_a_lost_take_of_a_function_no_longer_served_here_is_taken_back(
         # none now, so "lost" stayed a's in Redis, held by no actor, for as long as a lived.
         record = await b.wait("lost", timeout=5)
         assert record.status is TaskState.SUCCEEDED and record.result == "lost"
+
+
+async def test_a_function_registered_while_the_node_waits_is_watched_at_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait for new entries lasts _WAIT; one started before "two" was served covered only
+    # "one", and was reused: "two"'s first task waited for it to run out (1 s by default).
+    import runtime.cluster.source as source_module
+
+    monkeypatch.setattr(source_module, "_WAIT", 30.0)
+    rt = Runtime(store=redis_url)
+    rt.register("one", echo)
+    async with rt, Runtime(store=redis_url) as client:
+        await rt.wait(await rt.invoke("one", 1), timeout=5)  # the node now waits on "one"
+        assert rt._cluster is not None
+        queue = rt._cluster.node.source._queue
+        asked: list[set[str]] = []
+        fetch = queue.fetch
+
+        async def recorded(wanted: Any) -> Any:
+            asked.append(set(wanted))
+            return await fetch(wanted)
+
+        queue.fetch = recorded  # type: ignore[method-assign]
+        rt.register("two", echo)
+        await eventually(lambda: any("two" in functions for functions in asked))
+        record = await client.wait(await client.invoke("two", 2), timeout=2)
+        assert record.status is TaskState.SUCCEEDED and record.result == 2
