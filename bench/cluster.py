@@ -63,20 +63,14 @@ async def stint_redis_2(n: int) -> float:
 
 async def round_trip_latency(n: int) -> dict[str, float]:
     """invoke -> Succeeded of one no-op at a time on a one-node cluster (no load), seconds."""
-    from .probes import percentiles
+    from .probes import percentiles, round_trips
 
     with redis_server(prefix="bench") as url:
         rt = Runtime(store=url)
         rt.register("noop", noop, min_instances=1, freeze_after=3600)
         async with rt:
-            for i in range(100):  # warm: the instance, the connections, the scripts
-                await rt.wait(await rt.invoke("noop", i))
-            samples = []
-            for i in range(n):
-                start = time.perf_counter()
-                await rt.wait(await rt.invoke("noop", i))
-                samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+            await round_trips(rt, 100)  # warm: the instance, the connections, the scripts
+            return percentiles(await round_trips(rt, n))
 
 
 async def _waves(rt: Runtime, n: int) -> float:

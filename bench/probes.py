@@ -29,12 +29,17 @@ async def round_trip_latency(n: int) -> dict[str, float]:
     async with Runtime() as rt:
         rt.register("noop", noop, min_instances=1, freeze_after=3600)
         await rt.wait(await rt.invoke("noop"))
-        samples = []
-        for i in range(n):
-            start = time.perf_counter()
-            await rt.wait(await rt.invoke("noop", i))
-            samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+        return percentiles(await round_trips(rt, n))
+
+
+async def round_trips(rt: Runtime, n: int) -> list[float]:
+    """Seconds from each of ``n`` invokes of ``noop``, one at a time, to its end."""
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        await rt.wait(await rt.invoke("noop", i))
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 async def stop_latency(n: int, kind: str = "async") -> dict[str, float]:

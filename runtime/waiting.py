@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import RuntimeClosedError, TaskNotFoundError, WaitTimeoutError
 from .record import TaskEvent, TaskRecord
@@ -95,9 +95,7 @@ class Waits:
     def expect(self, task_id: str) -> asyncio.Future[None]:
         """A future set at the task's next event. Register it before reading the record, so
         an event between the read and the wait cannot be missed; :meth:`forget` it after."""
-        if self._closed:
-            raise RuntimeClosedError("the runtime is closed")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = self._new_waiter()
         self.watched.setdefault(task_id, []).append(waiter)
         return waiter
 
@@ -110,11 +108,14 @@ class Waits:
 
         For a wait on a task held elsewhere that this node may yet take (a shared
         store): it ends here as it would for a task that was held here all along."""
-        if self._closed:
-            raise RuntimeClosedError("the runtime is closed")
-        waiter: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[TaskRecord] = self._new_waiter()
         self._done.setdefault(task_id, []).append(waiter)
         return waiter
+
+    def _new_waiter(self) -> asyncio.Future[Any]:
+        if self._closed:
+            raise RuntimeClosedError("the runtime is closed")
+        return asyncio.get_running_loop().create_future()
 
     def forget_finished(self, task_id: str, waiter: asyncio.Future[TaskRecord]) -> None:
         _discard(self._done, task_id, waiter)

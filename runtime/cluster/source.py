@@ -42,8 +42,9 @@ class SharedSource:
         self._adopt = adopt
         self._lease_valid = lease_valid
         self._held = held  # every task this node holds (to find what a lost reply claimed)
-        self._maybe_lost = False  # a fetch failed: Redis may have applied it, reply lost
-        self._lost: set[str] = set()  # the functions such failed calls may have taken from
+        #: the functions a failed fetch or take may have claimed tasks from (Redis may have
+        #: applied it, and the reply is lost): looked at before the next fetch
+        self._lost: set[str] = set()
         self._wanted: dict[str, int] = {}
         self._more = asyncio.Event()  # capacity grew (or a function came): look again now
         self._nudge: asyncio.Future[None] | None = None  # ends a wait for entries (want)
@@ -107,7 +108,7 @@ class SharedSource:
     def reserve(self, counts: Mapping[str, int]) -> dict[str, int]:
         """How many new tasks of each function the invoke call under way may take for this
         node: free slots no other call was promised, at most as many as it invokes."""
-        if self._closing or self._maybe_lost or self._adopting or not self._lease_valid():
+        if self._closing or self._lost or self._adopting or not self._lease_valid():
             return {}  # a lost reply is looked for first, with no call taking meanwhile
         take = {}
         for function, n in counts.items():
@@ -129,7 +130,6 @@ class SharedSource:
         if self._closing:
             return  # what it took stays this node's in Redis: reclaimed once the node leaves
         if fetched is None:  # failed: Redis may have applied it and the reply is lost
-            self._maybe_lost = True
             self._lost.update(take)
             self._look_again()
         elif not fetched.lapsed:
@@ -179,14 +179,13 @@ class SharedSource:
         failures = 0
         while True:
             wanted = {fn: min(n, MAX_FETCH) for fn in self._wanted if (n := self._free(fn)) > 0}
-            if not (wanted or self._maybe_lost) or not self._lease_valid():
+            if not (wanted or self._lost) or not self._lease_valid():
                 await self._pause(None)
                 continue
             self._more.clear()
             try:
                 fetched = await self._fetch(wanted)
             except StoreError as exc:
-                self._maybe_lost = True
                 self._lost.update(wanted)
                 if not failures:
                     logger.warning("stint: cannot fetch tasks from Redis: %s", exc)
@@ -205,7 +204,7 @@ class SharedSource:
         """One fetch of ``wanted`` (those slots promised to it while it is in flight)."""
         self._promise(wanted, +1)
         try:
-            if self._maybe_lost:
+            if self._lost:
                 await self._take_back_lost(wanted)
             async with self._exclusive:
                 return await self._queue.fetch(wanted)
@@ -246,7 +245,6 @@ class SharedSource:
         for them (or serves them) now."""
         looked = {*functions, *self._lost}
         claimed = await self.take_back(looked)
-        self._maybe_lost = False
         self._lost -= looked
         if claimed:
             logger.warning("stint: took back %d task(s) a lost fetch reply left", len(claimed))

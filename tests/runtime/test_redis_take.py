@@ -16,7 +16,7 @@ import pytest
 
 from runtime import Runtime, TaskExistsError, TaskState
 from runtime.cluster.source import SharedSource
-from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError, Transition
+from runtime.stores.redis import Claimed, QueueStats, StoreUnavailableError
 from runtime.stores.redis.queue import Fetched
 from tests.conftest import eventually
 from tests.runtime.helpers import Gate
@@ -42,6 +42,25 @@ def count_fetches(rt: Runtime) -> list[int]:
 
     queue.fetch = counted  # type: ignore[method-assign]
     return calls
+
+
+def hold_take_replies(rt: Runtime) -> tuple[asyncio.Event, asyncio.Event]:
+    """From now on an invoke's call is applied in Redis (stored, and taken by ``rt``) but
+    its reply reaches ``rt`` only once the second event is set; the first is set when the
+    call is applied."""
+    assert rt._cluster is not None
+    records = rt._cluster.node.store.records
+    invoke_and_take = records.invoke_and_take
+    in_flight, reply = asyncio.Event(), asyncio.Event()
+
+    async def reply_held(*args: Any) -> Any:
+        answer = await invoke_and_take(*args)
+        in_flight.set()
+        await reply.wait()
+        return answer
+
+    records.invoke_and_take = reply_held  # type: ignore[method-assign]
+    return in_flight, reply
 
 
 async def test_a_task_invoked_where_it_is_served_runs_without_a_fetch(redis_url: str) -> None:
@@ -127,41 +146,6 @@ async def test_a_look_for_lost_replies_waits_for_the_takes_in_flight(redis_url: 
         assert await asyncio.wait_for(look, 5) == []  # held now: nothing was lost
 
 
-async def test_a_wait_answered_here_gives_what_redis_has_when_its_end_was_refused(
-    redis_url: str,
-) -> None:
-    gate = Gate()
-    rt = Runtime(store=redis_url)
-    rt.register("held", gate.handler)
-    async with rt, open_nodes(redis_url, "other") as [other]:
-        assert rt._cluster is not None
-        task_id = await rt.invoke("held", 1)
-        waiting = asyncio.ensure_future(rt.wait(task_id, timeout=10))
-        await eventually(lambda: gate.entered == 1)
-
-        async def running_in_redis() -> bool:
-            stored = await other.records.get(task_id)
-            return stored is not None and stored.status == "Running"
-
-        for _ in range(200):
-            if await running_in_redis():
-                break
-            await asyncio.sleep(0.005)
-        stored = await other.records.get(task_id)
-        assert stored is not None and stored.status == "Running"
-        # A stop from another node reaches Redis first, and its message to this node is
-        # lost: this node's Succeeded write is refused, and Stopped wins.
-        stop = Transition(
-            task_id, "Running", stored.owner, stored.epoch, "Stopping", stored.blob, 0
-        )
-        [result] = await other.records.transition([stop], node="other")
-        assert result.ok
-        gate.open()
-        record = await waiting
-        assert record.status is TaskState.STOPPED  # not the Succeeded Redis refused
-        assert (await rt.get(task_id)).status is TaskState.STOPPED
-
-
 async def test_a_function_deleted_while_a_take_is_under_way_strands_no_task(
     redis_url: str,
 ) -> None:
@@ -169,18 +153,7 @@ async def test_a_function_deleted_while_a_take_is_under_way_strands_no_task(
     rt.register("echo", echo)
     async with rt:
         await rt.wait(await rt.invoke("echo", 0), timeout=5)
-        assert rt._cluster is not None
-        records = rt._cluster.node.store.records
-        invoke_and_take = records.invoke_and_take
-        in_flight, reply = asyncio.Event(), asyncio.Event()
-
-        async def reply_held(*args: Any) -> Any:
-            answer = await invoke_and_take(*args)  # stored, and claimed by this node
-            in_flight.set()
-            await reply.wait()
-            return answer
-
-        records.invoke_and_take = reply_held  # type: ignore[method-assign]
+        in_flight, reply = hold_take_replies(rt)
         invoking = asyncio.ensure_future(rt.invoke("echo", 1, task_id="late"))
         await in_flight.wait()
         deleting = asyncio.ensure_future(rt.delete_function("echo"))
@@ -205,22 +178,13 @@ async def test_a_take_answered_after_close_began_stores_the_task_for_other_nodes
     await a.wait(await a.invoke("echo", 0), timeout=5)
     assert a._cluster is not None
     store = a._cluster.node.store
-    invoke_and_take = store.records.invoke_and_take
-    in_flight, reply = asyncio.Event(), asyncio.Event()
-
-    async def reply_held(*args: Any) -> Any:
-        answer = await invoke_and_take(*args)  # stored, and claimed by a
-        in_flight.set()
-        await reply.wait()
-        return answer
-
+    in_flight, reply = hold_take_replies(a)
     writer_close = store.writer.close
 
     async def reply_once_closing(timeout: float | None = None) -> int:
         reply.set()  # the runtime's actors are closed by now
         return await writer_close(timeout)
 
-    store.records.invoke_and_take = reply_held  # type: ignore[method-assign]
     store.writer.close = reply_once_closing  # type: ignore[method-assign]
     invoking = asyncio.ensure_future(a.invoke("echo", 1, task_id="late"))
     await in_flight.wait()
@@ -251,16 +215,7 @@ async def test_a_stop_that_reaches_the_node_before_its_take_does_stops_the_task(
         await a.wait(await a.invoke("held", 0), timeout=5)  # a's pool has told its free slots
         assert a._cluster is not None
         store = a._cluster.node.store
-        invoke_and_take = store.records.invoke_and_take
-        in_flight, reply = asyncio.Event(), asyncio.Event()
-
-        async def reply_held(*args: Any) -> Any:
-            answer = await invoke_and_take(*args)  # stored, and claimed by a
-            in_flight.set()
-            await reply.wait()
-            return answer
-
-        store.records.invoke_and_take = reply_held  # type: ignore[method-assign]
+        in_flight, reply = hold_take_replies(a)
         invoking = asyncio.ensure_future(a.invoke("held", 1, task_id="t"))
         await in_flight.wait()
         stopping = asyncio.ensure_future(b.stop("t"))  # Stopping, and a's control message

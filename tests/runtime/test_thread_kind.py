@@ -218,6 +218,16 @@ class Gates:
         self.ran.append((event, ctx.instance.instance_id))
 
 
+async def _busy_with_waiting(rt: Any, waiting: int) -> tuple[str, list[str]]:
+    """An attempt that blocks ("gated-first") Running, then ``waiting`` more Dequeued."""
+    first = await rt.invoke("fn", "gated-first")
+    await until_status(rt, first, S.RUNNING)
+    queued = [await rt.invoke("fn", f"q{i}") for i in range(waiting)]
+    for task_id in queued:
+        await until_status(rt, task_id, S.DEQUEUED)
+    return first, queued
+
+
 async def _warm(rt: Any, name: str, count: int) -> None:
     async with asyncio.timeout(10):
         while sum(1 for i in await rt.instances(name) if i.state == "Ready") < count:
@@ -265,11 +275,7 @@ async def test_prefetched_attempts_run_in_order_and_a_stop_takes_one_back(
     rt = await make_runtime()
     gates = Gates()
     rt.register("fn", gates.handler, kind="thread", max_instances=1)
-    first = await rt.invoke("fn", "gated-first")
-    await until_status(rt, first, S.RUNNING)
-    queued = [await rt.invoke("fn", f"q{i}") for i in range(5)]
-    for task_id in queued:
-        await until_status(rt, task_id, S.DEQUEUED)
+    first, queued = await _busy_with_waiting(rt, 5)
     await asyncio.sleep(0.02)
     for task_id in queued:  # handed over, not started
         assert (await rt.get(task_id)).status is S.DEQUEUED
@@ -325,11 +331,7 @@ async def test_close_does_not_start_attempts_still_waiting_in_an_inbox(
     rt = await make_runtime()
     gates = Gates()
     rt.register("fn", gates.handler, kind="thread", max_instances=1)
-    first = await rt.invoke("fn", "gated-first")
-    await until_status(rt, first, S.RUNNING)
-    queued = [await rt.invoke("fn", f"q{i}") for i in range(3)]
-    for task_id in queued:
-        await until_status(rt, task_id, S.DEQUEUED)
+    await _busy_with_waiting(rt, 3)
     closing = asyncio.ensure_future(rt.close())
     await asyncio.sleep(0.02)  # the pool is draining now
     gates.open("first")

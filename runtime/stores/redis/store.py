@@ -176,14 +176,13 @@ class RedisStore:
     def finished(self, record: TaskRecord) -> None:
         # A terminal status is final in Redis whatever the flags: acknowledged, kept
         # for max_age, then its index entries are swept.
-        self._held.pop(record.task_id, None)
-        self._leaving[record.task_id] = record
+        self._let_go(record)
         self.writer.put(record.task_id, NAME[record.status], record, scripts.FINAL)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        held = self._held.get(task_id) or self._leaving.get(task_id)
-        if held is not None:
-            return held
+        mine = self._mine(task_id)
+        if mine is not None:
+            return mine
         stored = await self.records.get(task_id)
         return None if stored is None else self._unpack(stored.task_id, stored.blob)
 
@@ -203,8 +202,7 @@ class RedisStore:
         for blob in page.blobs:
             record = self._unpack("", blob)
             if record is not None:
-                mine = self._held.get(record.task_id) or self._leaving.get(record.task_id)
-                found.append(mine or record)
+                found.append(self._mine(record.task_id) or record)
         return found
 
     def evict(self) -> int:
@@ -221,12 +219,21 @@ class RedisStore:
     def release(self, record: TaskRecord, delay: float) -> None:
         """Give the task back to the cluster, queued again now or after ``delay`` seconds
         (on Redis' clock): whichever node has a free slot then takes it up."""
-        self._held.pop(record.task_id, None)
-        self._leaving[record.task_id] = record
+        self._let_go(record)
         delay_ms = round(delay * 1000) if delay > 0 else None
         self.writer.put(
             record.task_id, NAME[record.status], record, scripts.RELEASE, delay_ms=delay_ms
         )
+
+    def _mine(self, task_id: str) -> TaskRecord | None:
+        """This node's copy of a task it holds, or ended or gave back with the write not
+        in yet (fresher than Redis'), else None."""
+        return self._held.get(task_id) or self._leaving.get(task_id)
+
+    def _let_go(self, record: TaskRecord) -> None:
+        """The task ends here, or goes back to the cluster: it is leaving until its write is in."""
+        self._held.pop(record.task_id, None)
+        self._leaving[record.task_id] = record
 
     def drop(self, task_id: str) -> None:
         """Forget a task this node no longer holds (reclaimed by another node, or gone)."""

@@ -358,10 +358,9 @@ class InvokeBatcher:
 
     Up to ``calls`` calls are in flight at a time, each of up to ``max_batch`` tasks;
     the tasks added meanwhile form the next, so a burst of invokes costs a few round
-    trips, not one each. With a
-    ``taker``, a node with free slots also takes new tasks in the same call, so a
-    task invoked on a node that serves it starts without another round trip (the
-    taken ones are handed to the taker before the invokers are answered).
+    trips, not one each. With a ``taker``, a node with free slots also takes new tasks
+    in the same call, so a task invoked on a node that serves it starts without another
+    round trip (the taken ones are handed to the taker before the invokers are answered).
     """
 
     def __init__(
