@@ -569,17 +569,32 @@ class Runtime:
         self, name: str, data: bytes, task_id: str | None, *, delay: Any, note: str
     ) -> str:
         """A shared store: the task is stored with its queue entry in the cluster, where
-        whichever node has a free slot takes it (maybe this one); no actor is made here."""
+        whichever node has a free slot takes it (maybe this one); no actor is made here.
+
+        A burst keeps thousands of these pending at once, so the common case (a function
+        this node serves) awaits nothing but the store's own future: every coroutine and
+        object per pending invoke is work for the garbage collector.
+        """
         try:
             self._check_running()
-            config = await self._cluster_config(name)
+            config = self._served_config(name)
+            if config is None:
+                config = await self._cluster_config(name)
             if task_id is not None:
                 check_task_id(task_id)
             if delay is not None:
                 _check_delay(delay, config.max_delay, name)
             assert self._cluster is not None
             self._cluster.store.queue_limits[name] = config.max_queued
-            record = await self._store_new(name, data, task_id, note, delay)
+            record = self._new_record(name, data, task_id, note, delay)
+            try:
+                pending = self._store.add(record)  # (a shared store: a future)
+                if pending is not None:
+                    await pending
+            except TaskExistsError:
+                if task_id is not None:
+                    raise
+                record = await self._store_new(name, data, task_id, note, delay, fresh=True)
         except StintError as error:
             self._count_rejected(name, error)
             raise
@@ -590,6 +605,14 @@ class Runtime:
         if delay and self._cluster is not None:
             self._cluster.node.due_soon()
         return record.task_id
+
+    def _served_config(self, name: str) -> FunctionConfig | None:
+        """This node's settings of a function it serves (None: ask the cluster, or wait for
+        the registration under way)."""
+        entry = self._functions.get(name)
+        if entry is None or name in self._registering:
+            return None
+        return entry.spec.config
 
     async def _cluster_config(self, name: str) -> FunctionConfig:
         """The settings of a function for an invoke on a shared store: this node's own if it
@@ -611,18 +634,21 @@ class Runtime:
         return config_from_wire(info.config)
 
     async def _store_new(
-        self, name: str, data: bytes, task_id: str | None, note: str, delay: float | None
+        self,
+        name: str,
+        data: bytes,
+        task_id: str | None,
+        note: str,
+        delay: float | None,
+        *,
+        fresh: bool = False,  # a generated id was taken already: start from new ones
     ) -> TaskRecord:
         """Create and store the Enqueued record; a generated id that is somehow taken (by a
         task from an earlier runtime) is simply generated anew."""
         for _ in range(3):
-            created = self._created_now()
-            due_at = None if delay is None else created + delay
-            first = note if due_at is None else f"{note}; due at {_iso(due_at)} (in {delay:g} s)"
-            record = TaskRecord(
-                self._new_id() if task_id is None else task_id, name, data, created, note=first
-            )
-            record.due_at = due_at
+            if fresh:
+                self._new_id = TaskIdGenerator()  # a fresh random prefix
+            record = self._new_record(name, data, task_id, note, delay)
             try:
                 pending = self._store.add(record)
                 if pending is not None:
@@ -630,12 +656,24 @@ class Runtime:
             except TaskExistsError:
                 if task_id is not None:
                     raise
-                self._new_id = TaskIdGenerator()  # a fresh random prefix
+                fresh = True
                 continue
             return record
         raise StoreError(  # pragma: no cover - three collisions of 48 random bits
             "could not generate an unused task id; the store holds ids of this runtime's shape"
         )
+
+    def _new_record(
+        self, name: str, data: bytes, task_id: str | None, note: str, delay: float | None
+    ) -> TaskRecord:
+        created = self._created_now()
+        due_at = None if delay is None else created + delay
+        first = note if due_at is None else f"{note}; due at {_iso(due_at)} (in {delay:g} s)"
+        record = TaskRecord(
+            self._new_id() if task_id is None else task_id, name, data, created, note=first
+        )
+        record.due_at = due_at
+        return record
 
     def _count_rejected(self, name: object, error: StintError) -> None:
         """Count a refused invoke under its function, or under ``function=""`` for a name

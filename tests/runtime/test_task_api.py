@@ -28,7 +28,7 @@ from runtime import (
     WrongThreadError,
     start_in_thread,
 )
-from runtime.ids import derived_id
+from runtime.ids import TaskIdGenerator, derived_id
 from tests.conftest import RuntimeFactory
 
 from .helpers import Gate, list_all, until_status
@@ -349,6 +349,25 @@ async def test_generated_ids_cannot_be_taken_by_hand(make_runtime: RuntimeFactor
     with pytest.raises(InvalidTaskIdError, match="reserved"):
         await rt.invoke("fn", task_id="t0123456789ab-1")
     assert await rt.invoke("fn", task_id="t-custom.v2") == "t-custom.v2"
+
+
+async def test_a_generated_id_that_is_taken_already_is_generated_anew(
+    make_runtime: RuntimeFactory,
+) -> None:
+    """A generated id can collide with a task an earlier runtime stored (same random
+    prefix): the invoke picks new ids instead of failing, and the stored task is untouched."""
+    rt = await make_runtime()
+    rt.register("fn", echo)
+    first = await rt.invoke("fn", "first")
+    await rt.wait(first)
+    ids = iter([first, first])
+    fresh = rt._new_id
+    rt._new_id = lambda: next(ids, None) or fresh()  # the next id, once more, is that one
+    second = await rt.invoke("fn", "second")
+    assert second != first
+    assert isinstance(rt._new_id, TaskIdGenerator) and rt._new_id is not fresh  # new prefix
+    assert (await rt.wait(second)).result == "second"
+    assert (await rt.get(first)).result == "first"
 
 
 def test_derived_ids_follow_the_id_rule() -> None:
