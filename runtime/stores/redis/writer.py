@@ -1,8 +1,9 @@
 """Group commit to Redis: one script call carries every change made while the last was in flight.
 
 :class:`RecordWriter` is the SQLite store's write-behind, made for a shared store:
-transitions of one task coalesce into one compare-and-set, one batch is in flight
-at a time, and what changed meanwhile forms the next. Each write carries the
+transitions of one task coalesce into one compare-and-set, up to two batches are in
+flight at a time (never two writes of one task), and what changed meanwhile forms
+the next. Each write carries the
 node's ownership (owner, epoch) so a node that lost a task is refused (fenced)
 rather than overwriting what another node decided. During a Redis outage the
 unwritten batch is resent (same write tokens, so a write that did land is
@@ -49,6 +50,10 @@ _GIVE_UP = scripts.RELEASE | scripts.FINAL  # after these the task is no longer 
 #: before a write starts: a quick attempt's end comes within it, and one write carries
 #: both (Redis shows Running that much later; every flagged change starts a write at once).
 HOLD = 0.002
+#: Write calls in flight at once: a second starts while the first is answered, so the
+#: changes of a busy node reach Redis without waiting for the last call's round trip, and
+#: what is left to write when the work stops is one short batch, not a full one.
+WRITE_CALLS = 2
 
 
 class _Owned:
@@ -93,6 +98,7 @@ class RecordWriter:
         max_batch: int = BATCH,
         backoff: Backoff | None = None,
         hold: float = HOLD,
+        calls: int = WRITE_CALLS,
     ) -> None:
         self.records = records
         self.node = node
@@ -103,8 +109,13 @@ class RecordWriter:
         self._backoff = backoff or records.conn.backoff
         self._owned: dict[str, _Owned] = {}
         self._dirty: dict[str, _Dirty] = {}
-        self._resend: list[Transition] = []  # the batch an outage interrupted, sent first
-        self._task: asyncio.Task[None] | None = None
+        self._calls = calls  # write calls in flight at most
+        self._drains: set[asyncio.Task[None]] = set()  # one per call in flight
+        #: tasks with a write in flight: a newer change of one waits for that call's answer
+        #: (its compare-and-set expects what that write leaves)
+        self._writing: set[str] = set()
+        #: per drain, the batch an outage interrupted (resent, same tokens, until it lands)
+        self._retrying: dict[asyncio.Task[None], list[Transition]] = {}
         self._timer: asyncio.TimerHandle | None = None  # a held start (see HOLD)
         self._hold = hold
         self._tokens = itertools.count(1)
@@ -143,7 +154,7 @@ class RecordWriter:
         dropped = len(self._owned)
         self._owned.clear()
         self._dirty.clear()
-        self._resend = []
+        self._retrying.clear()  # (each drain sees its batch is gone and drops it)
         return dropped
 
     @property
@@ -153,7 +164,7 @@ class RecordWriter:
     @property
     def pending(self) -> int:
         """Changes not written yet (tasks with unwritten transitions, plus a batch to resend)."""
-        return len(self._dirty) + len(self._resend)
+        return len(self._dirty) + sum(len(batch) for batch in self._retrying.values())
 
     # writes --------------------------------------------------------------------------------
 
@@ -175,30 +186,33 @@ class RecordWriter:
             dirty.flags |= flags
             if delay_ms is not None:
                 dirty.delay_ms = delay_ms
-        if self._task is None and not self._closed:
+        if len(self._drains) < self._calls and task_id not in self._writing and not self._closed:
             if flags or self._hold <= 0:
                 self._start()
             elif self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(self._hold, self._start)
 
     def _start(self) -> None:
-        """Start writing what is dirty (now, whether or not a start was held)."""
+        """Start a write of what is dirty (now, whether or not a start was held), unless
+        ``calls`` writes are in flight: then the first to be answered takes it."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is None and not self._closed and (self._dirty or self._resend):
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._drains) < self._calls and not self._closed and self._dirty:
+            self._drains.add(asyncio.get_running_loop().create_task(self._drain()))
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every change put so far is written (or refused and reported).
 
         Raises :class:`StoreUnavailableError` if Redis stays unreachable for ``timeout`` s.
         """
-        self._start()
         try:
             async with asyncio.timeout(timeout):
-                while self._task is not None:
-                    await asyncio.shield(self._task)
+                while True:
+                    self._start()
+                    if not self._drains:
+                        return
+                    await asyncio.wait(list(self._drains))  # (cancelling this leaves them be)
         except TimeoutError:
             raise StoreUnavailableError(
                 f"{self.pending} task change(s) could not be written to Redis at "
@@ -212,42 +226,65 @@ class RecordWriter:
             await self.flush(timeout)
         self._closed = True
         self._start()  # (closed: only drops a held start)
-        task, self._task = self._task, None
-        if task is not None:
+        for task in list(self._drains):
             await cancel_and_wait(task)
         return self.pending
 
     async def _drain(self) -> None:
-        attempt = 0
+        """Write batches until nothing is left that this drain may take."""
+        me = asyncio.current_task()
+        assert me is not None
         try:
-            while self._resend or self._dirty:
-                batch = self._resend or self._take()
-                if not batch:
-                    continue
+            while self._dirty:
+                batch = self._take()
+                if batch:
+                    await self._write(me, batch)
+                elif self._dirty.keys() <= self._writing:
+                    return  # what is left waits for a call in flight (its drain goes on)
+        finally:
+            self._drains.discard(me)
+
+    async def _write(self, me: asyncio.Task[None], batch: list[Transition]) -> None:
+        """One batch: resent (same write tokens) while Redis cannot be reached, unless the
+        node forgets its tasks meanwhile (its lease lapsed: the reclaimer owns them)."""
+        ids = [item.task_id for item in batch]
+        self._writing.update(ids)
+        attempt = 0
+        try:  # (a batch cut short by close stays in _retrying: close counts it unwritten)
+            while True:
                 try:
                     results = await self.records.transition(batch, node=self.node)
+                    break
                 except StoreUnavailableError:
-                    self._resend = batch
+                    self._retrying[me] = batch
                     self.resends += 1
                     await asyncio.sleep(self._backoff.delay(attempt))
                     attempt += 1
-                    continue
+                    if self._retrying.get(me) is not batch:
+                        return  # forgotten meanwhile
                 except StoreError as exc:
-                    self._resend = []
+                    self._retrying.pop(me, None)
                     self._refuse_all(batch, exc)
-                    continue
-                attempt = 0
-                self._resend = []
-                self.batches += 1
-                self._settle(batch, results)
+                    return
+            self._retrying.pop(me, None)
         finally:
-            self._task = None
+            self._writing.difference_update(ids)
+        self.batches += 1
+        self._settle(batch, results)
 
     def _take(self) -> list[Transition]:
-        """Turn up to ``max_batch`` dirty tasks into compare-and-sets on what Redis has."""
+        """Turn up to ``max_batch`` dirty tasks into compare-and-sets on what Redis has
+        (not those with a write in flight: their next one waits for its answer)."""
         batch: list[Transition] = []
         prefix = self._token_prefix
-        for task_id in list(itertools.islice(self._dirty, self._max_batch)):
+        writing = self._writing
+        ids: list[str] = []
+        for task_id in self._dirty:
+            if task_id not in writing:
+                ids.append(task_id)
+                if len(ids) == self._max_batch:
+                    break
+        for task_id in ids:
             dirty = self._dirty.pop(task_id)
             owned = self._owned.get(task_id)
             if owned is None:
@@ -336,6 +373,9 @@ class RecordWriter:
 #: 2,000, 9,600-11,100 with two of 200-250, in the same runs).
 INVOKE_BATCH = 250
 INVOKE_CALLS = 2
+#: The first call of a burst (Redis idle): calls then grow, each up to twice the largest
+#: in flight, so the node has tasks to run after a short call instead of a full one.
+FIRST_INVOKE_BATCH = 32
 
 
 class Taker(Protocol):
@@ -410,8 +450,9 @@ class InvokeBatcher:
         me = asyncio.current_task()
         assert me is not None
         while self._waiting:
-            batch = self._in_flight[me] = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
+            size = self._next_size(me)
+            batch = self._in_flight[me] = self._waiting[:size]
+            del self._waiting[:size]
             taker, take = self.taker, {}
             if taker is not None:
                 take = taker.reserve(Counter(t.function for t, _ in batch if t.delay_ms is None))
@@ -441,6 +482,14 @@ class InvokeBatcher:
                 else:
                     future.set_exception(refusal(task, code))
         self._in_flight[me] = []
+
+    def _next_size(self, me: asyncio.Task[None]) -> int:
+        """Tasks for the next call: twice the largest call in flight (FIRST_INVOKE_BATCH
+        when none is), at most ``max_batch``. A burst that finds Redis idle is sent in
+        calls that grow, so the node gets the first tasks back (and runs them) while Redis
+        stores the next; one full call first left the node idle for its whole length."""
+        largest = max((len(b) for t, b in self._in_flight.items() if t is not me), default=0)
+        return min(self._max_batch, max(FIRST_INVOKE_BATCH, 2 * largest))
 
     def _drained(self, task: asyncio.Task[None]) -> None:
         """A drain ended: if it was cancelled or hit a bug, no caller may wait forever."""
