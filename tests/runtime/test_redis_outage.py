@@ -215,7 +215,7 @@ async def test_an_old_server_is_refused(redis_url: str) -> None:
 async def test_a_script_error_is_a_store_error_not_an_outage(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         with pytest.raises(StoreError, match="refused move_due") as caught:
-            await a.conn.run(scripts.move_due, [a.keys.base, "not-a-number"])
+            await a.conn.run(scripts.move_due, [a.keys.base, "not-a-number", ""])
         assert not isinstance(caught.value, StoreUnavailableError)
         assert a.conn.connected and a.conn.failures == 0
 

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from runtime.stores.redis import ACK, FINAL, UNQUEUE, QueueStats, Transition, scripts
+from runtime.stores.redis import (
+    ACK,
+    FINAL,
+    UNQUEUE,
+    NewTask,
+    QueueStats,
+    RecordStore,
+    RedisQueue,
+    Transition,
+    scripts,
+)
 from runtime.stores.redis import queue as queue_module
 from tests.runtime.redis_helpers import make_all_due, open_nodes
 
@@ -310,6 +321,28 @@ async def test_delays_run_on_redis_clock_and_a_zero_delay_queues_at_once(redis_u
                 await asyncio.sleep(0.005)
         assert [c.task_id for c in await a.fetch("f", 5)] == ["soon"]
         assert await a.queue.move_due() == (0, None)
+
+
+async def test_only_a_runtime_with_a_pinned_clock_reads_the_clock_key(redis_url: str) -> None:
+    """A ManualClock's runtime pins its time in Redis (keys.clock) and says so to the
+    scripts (pinned_clock); any other runtime's scripts use Redis' TIME, not the key."""
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.conn.command("SET", a.keys.clock, 1_000)  # far in the past
+        pinned = RecordStore(a.conn, pinned_clock=True)
+        await pinned.invoke_many([NewTask("pinned", "f", 1.0, b"x", 500)])
+        await a.invoke("f", "real", delay_ms=500)  # a.records: not pinned
+        sep = "\x00"
+        assert await a.conn.command("ZSCORE", a.keys.due, f"f{sep}pinned") == 1_500
+        real_ms = await a.conn.command("ZSCORE", a.keys.due, f"f{sep}real")
+        assert real_ms > 1_000_000_000_000  # Redis' TIME (ms since the epoch) + 500
+        pinned_queue = RedisQueue(a.conn, "a", pinned_clock=True)
+        assert await pinned_queue.move_due() == (0, 0.5)  # by the pinned clock
+        await a.conn.command("SET", a.keys.clock, 1_500)
+        assert (await pinned_queue.move_due())[0] == 1
+        # by Redis' TIME: "real" is due in about 0.5 s
+        assert await a.queue.move_due() == (0, pytest.approx(real_ms / 1000 - time.time(), abs=5))
+        assert [c.task_id for c in await a.fetch("f", 5)] == ["pinned"]
 
 
 async def test_one_fetch_takes_at_most_max_fetch_per_function(

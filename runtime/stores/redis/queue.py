@@ -76,10 +76,11 @@ MAX_FETCH = 1000
 class RedisQueue:
     """One node's view of the functions' streams."""
 
-    def __init__(self, conn: RedisConnection, node: str) -> None:
+    def __init__(self, conn: RedisConnection, node: str, *, pinned_clock: bool = False) -> None:
         self.conn = conn
         self.keys = conn.keys
         self.node = node
+        self.pinned = "1" if pinned_clock else ""  #: see RecordStore.pinned
 
     async def fetch(self, wanted: Mapping[str, int]) -> Fetched:
         """Take up to ``wanted[fn]`` (at most ``MAX_FETCH``) new tasks of each function,
@@ -144,7 +145,7 @@ class RedisQueue:
         more are due already; None if none waits). Safe to run on every node at
         once: each member moves exactly once.
         """
-        moved, next_ms = await self.conn.run(scripts.move_due, (self.keys.base, limit))
+        moved, next_ms = await self.conn.run(scripts.move_due, (self.keys.base, limit, self.pinned))
         return int(moved), (float(next_ms) / 1000 if next_ms not in (b"", "", None) else None)
 
     async def adopt(

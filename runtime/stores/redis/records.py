@@ -128,10 +128,13 @@ _QUEUED = ("Enqueued", "Dequeued", "Retrying")
 class RecordStore:
     """Task records under one prefix; every method is one round trip per ``BATCH`` items."""
 
-    def __init__(self, conn: RedisConnection) -> None:
+    def __init__(self, conn: RedisConnection, *, pinned_clock: bool = False) -> None:
         self.conn = conn
         self.keys = conn.keys
         self.max_age_ms = max(1, int(conn.options.max_age * 1000))
+        #: the scripts read the time from ``keys.clock`` (a test's ManualClock pins it
+        #: there) rather than TIME; only a runtime with a manual clock asks for that
+        self.pinned = "1" if pinned_clock else ""
 
     async def invoke_many(self, tasks: Sequence[NewTask]) -> builtins.list[InvokeCode]:
         """Create records, index them and queue them, each atomically; one code per task.
@@ -168,7 +171,7 @@ class RecordStore:
                 )
                 for t in tasks[start : start + BATCH]
             ]
-            calls.append([self.keys.base, _pack(items)])
+            calls.append([self.keys.base, _pack(items), self.pinned])
         asked = [x for function, n in take.items() if n > 0 for x in (function, n)]
         if asked and calls:
             calls[-1] += [node, *asked]
@@ -183,10 +186,10 @@ class RecordStore:
         self, items: Sequence[Transition], *, node: str
     ) -> builtins.list[WriteResult]:
         """Apply compare-and-set transitions written by ``node``; one result per item."""
-        calls: builtins.list[tuple[str, str, int, bytes]] = []
+        calls: builtins.list[tuple[str, str, int, bytes, str]] = []
         for start in range(0, len(items), BATCH):
             packed = [_transition_item(t) for t in items[start : start + BATCH]]
-            calls.append((self.keys.base, node, self.max_age_ms, _pack(packed)))
+            calls.append((self.keys.base, node, self.max_age_ms, _pack(packed), self.pinned))
         if len(calls) == 1:
             replies = [await self.conn.run(scripts.transition_batch, calls[0])]
         else:
@@ -291,7 +294,9 @@ class RecordStore:
         The records themselves expire on their own (Redis TTL = ``max_age``); run
         this every minute or so, from any node (it is idempotent).
         """
-        removed: int = await self.conn.run(scripts.sweep_ended, (self.keys.base, limit))
+        removed: int = await self.conn.run(
+            scripts.sweep_ended, (self.keys.base, limit, self.pinned)
+        )
         return removed
 
 

@@ -28,29 +28,55 @@ FINAL = 4  #: terminal: the record expires after max_age, its index entries late
 UNQUEUE = 8  #: take a queued task out of the stream and the due set (stopped while queued)
 NOTIFY = 16  #: tell the owner on its control stream (a stop requested from another node)
 
-_PRELUDE = r"""
+# The helpers the scripts share, as pieces: each script's source is its own body after
+# only the pieces it uses (and what those use), since a script runs all of its source on
+# every call (each ``local function`` is a closure built per call). _BASE comes first
+# in every script.
+_BASE = r"""
 local P = ARGV[1]
 local GROUP = 'workers'
 local SEP = '\0'
-local TERMINAL = {Expired = true, Invalid = true, Failed = true, Succeeded = true, Stopped = true}
-
 local function tkey(id) return P .. 't:' .. id end
 local function qkey(fn) return P .. 'q:' .. fn end
+"""
 
+_PIECES: dict[str, tuple[tuple[str, ...], str]] = {}  # name: (pieces it uses, source)
+
+
+def _piece(name: str, uses: tuple[str, ...], source: str) -> None:
+    _PIECES[name] = (uses, source)
+
+
+_piece(
+    "terminal",
+    (),
+    r"""
+local TERMINAL = {Expired = true, Invalid = true, Failed = true, Succeeded = true, Stopped = true}
+""",
+)
+
+_piece(
+    "now",
+    (),
+    r"""
 -- Redis' clock: one clock for every node's due times. A runtime built with a test's
--- ManualClock pins it (P clock, in ms) so that due times follow that clock instead.
-local function now_ms()
-  local pinned = redis.call('GET', P .. 'clock')
-  if pinned then return tonumber(pinned) end
+-- ManualClock pins it (P clock, in ms) so that due times follow that clock instead; such
+-- a runtime passes pinned = '1' (any other runtime: '', and the key is not read).
+local function now_ms(pinned)
+  if pinned == '1' then
+    local v = redis.call('GET', P .. 'clock')
+    if v then return tonumber(v) end
+  end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+""",
+)
 
--- Index changes are collected over a script and applied as one ZREM or ZADD per key
--- (both take many members): a script's cost is mostly per call, not per member. The
--- removals go before the additions, which is right while each task moves once per
--- flush: a task moved a second time flushes what is pending first.
-local zadds, zrems, moved = {}, {}, {}
+_piece(
+    "later",
+    (),
+    r"""
 local function later(book, key, a, b)  -- append a (and b) to book[key]
   local list = book[key]
   if not list then list = {}; book[key] = list end
@@ -65,6 +91,18 @@ local function each_chunk(cmd, key, arg, list, step)
     else redis.call(cmd, key, unpack(list, i, last)) end
   end
 end
+""",
+)
+
+_piece(
+    "index",
+    ("later",),
+    r"""
+-- Index changes are collected over a script and applied as one ZREM or ZADD per key
+-- (both take many members): a script's cost is mostly per call, not per member. The
+-- removals go before the additions, which is right while each task moves once per
+-- flush: a task moved a second time flushes what is pending first.
+local zadds, zrems, moved = {}, {}, {}
 local function flush_index()
   for key, ids in pairs(zrems) do each_chunk('ZREM', key, nil, ids, 2000) end
   for key, pairs_ in pairs(zadds) do each_chunk('ZADD', key, nil, pairs_, 2000) end
@@ -72,30 +110,39 @@ local function flush_index()
 end
 local function index_add(key, score, id) later(zadds, key, score, id) end
 
+-- The status index keys (P i:st:<status>, P i:fs:<fn>:<status>), built once per call.
+local st_keys, fs_keys = {}, {}
+local function status_keys(fn, status)
+  local st = st_keys[status]
+  if not st then st = P .. 'i:st:' .. status; st_keys[status] = st end
+  local by_fn = fs_keys[fn]
+  if not by_fn then by_fn = {}; fs_keys[fn] = by_fn end
+  local fs = by_fn[status]
+  if not fs then fs = P .. 'i:fs:' .. fn .. ':' .. status; by_fn[status] = fs end
+  return st, fs
+end
+
 -- Move a task between the status indexes (all and by-function stay as they are).
 local function move_status(id, fn, created, old, new)
   if old == new then return end
   if moved[id] then flush_index() end
   moved[id] = true
   if old then
-    later(zrems, P .. 'i:st:' .. old, id)
-    later(zrems, P .. 'i:fs:' .. fn .. ':' .. old, id)
+    local st, fs = status_keys(fn, old)
+    later(zrems, st, id)
+    later(zrems, fs, id)
   end
-  index_add(P .. 'i:st:' .. new, created, id)
-  index_add(P .. 'i:fs:' .. fn .. ':' .. new, created, id)
+  local st, fs = status_keys(fn, new)
+  later(zadds, st, created, id)
+  later(zadds, fs, created, id)
 end
+""",
+)
 
--- Acknowledge an entry. Acknowledgements are collected and sent as one XACK per stream
--- at the end of the script (trim_acked), where acknowledged entries are also trimmed,
--- which costs far less than an XDEL per entry.
-local acked = {}
-local function ack(q, eid) later(acked, q, eid) end
-
-local function id_parts(id)
-  local dash = string.find(id, '-', 1, true)
-  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
-end
-
+_piece(
+    "group",
+    (),
+    r"""
 -- The workers group of stream q as a table of XINFO GROUPS fields, or nil (no stream,
 -- no group).
 local function group_of(q)
@@ -106,6 +153,23 @@ local function group_of(q)
     if info['name'] == GROUP then return info end
   end
   return nil
+end
+""",
+)
+
+_piece(
+    "ack",
+    ("later", "group"),
+    r"""
+-- Acknowledge an entry. Acknowledgements are collected and sent as one XACK per stream
+-- at the end of the script (trim_acked), where acknowledged entries are also trimmed,
+-- which costs far less than an XDEL per entry.
+local acked = {}
+local function ack(q, eid) later(acked, q, eid) end
+
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
 end
 
 -- Send the acknowledgements and trim every stream they were in: entries below both the
@@ -127,20 +191,37 @@ local function trim_acked()
     end
   end
 end
+""",
+)
 
--- Append a task to its function's stream (creating stream and group on first use; a
--- stream is looked for once per script).
-local streams = {}
+_piece(
+    "push",
+    (),
+    r"""
+-- Append a task to its function's stream, creating stream and group on first use (XADD
+-- NOMKSTREAM answers nil when there is no stream). A stream that exists without its
+-- group (lost data) gets the group back where it is read (take_new). pushed[q] is the
+-- id of the last entry this call appended to q: the stream's last entry (the script is
+-- atomic).
+local pushed = {}
 local function push(fn, id)
   local q = qkey(fn)
-  if not streams[q] and redis.call('EXISTS', q) == 0 then
+  local eid = redis.call('XADD', q, 'NOMKSTREAM', '*', 't', id)
+  if not eid then
     redis.call('XGROUP', 'CREATE', q, GROUP, '0', 'MKSTREAM')
     redis.call('SADD', P .. 'qs', fn)
+    eid = redis.call('XADD', q, '*', 't', id)
   end
-  streams[q] = true
-  return redis.call('XADD', q, '*', 't', id)
+  pushed[q] = eid
+  return eid
 end
+""",
+)
 
+_piece(
+    "undelivered",
+    (),
+    r"""
 -- Entries of stream q not yet delivered to any node, given its group (counting stops at
 -- cap + 1 when deletions hide the group's lag).
 local function undelivered(q, info, cap)
@@ -148,7 +229,13 @@ local function undelivered(q, info, cap)
   if info['lag'] then return info['lag'] end
   return #redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', cap + 1)
 end
+""",
+)
 
+_piece(
+    "claim",
+    ("terminal", "ack"),
+    r"""
 -- The stream entry eid (of task id) was delivered to node: take the task if it may.
 -- Returns {id, eid, epoch, status, rec, previous owner} or nil. Rules:
 --   record gone, entry stale (not the record's current one) or task finished: drop the entry;
@@ -185,13 +272,20 @@ end
 local function append(out, item)
   for _, v in ipairs(item) do out[#out + 1] = v end
 end
+""",
+)
 
+_piece(
+    "take_new",
+    ("claim",),
+    r"""
 -- For node, read at most count new entries of each function's stream (fn, count pairs
--- from args[first] on) and claim their tasks (see claim for fresh).
+-- from args[first] on) and claim their tasks (see claim for fresh). pushed: the last
+-- entry id of each stream the calling script appended to (push), or nil.
 -- Returns {-1} when node's heartbeat is gone (a lapsed node takes no work), else {1,
 -- then per function: fn, last entry id ("0-0" if none), n, then n claimed items}. The
 -- caller calls trim_acked() after.
-local function take_new(node, args, first, fresh)
+local function take_new(node, args, first, fresh, pushed)
   if redis.call('EXISTS', P .. 'node:' .. node) == 0 then return {-1} end
   local out = {1}
   for i = first, #args, 2 do
@@ -199,7 +293,8 @@ local function take_new(node, args, first, fresh)
     local q = qkey(fn)
     local got = {}
     local wanted = tonumber(count)
-    local more = redis.call('EXISTS', q) == 1
+    local top = pushed and pushed[q]  -- the stream exists and this is its last entry
+    local more = top ~= nil or redis.call('EXISTS', q) == 1
     while more and #got < 6 * wanted do  -- skipped entries do not count: read on
       local ask = wanted - #got / 6
       local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask,
@@ -216,20 +311,43 @@ local function take_new(node, args, first, fresh)
       end
       more = #entries == ask
     end
-    local top = redis.call('XREVRANGE', q, '+', '-', 'COUNT', 1)
+    if not top then
+      local last = redis.call('XREVRANGE', q, '+', '-', 'COUNT', 1)
+      top = last[1] and last[1][1] or '0-0'
+    end
     out[#out + 1] = fn
-    out[#out + 1] = top[1] and top[1][1] or '0-0'
+    out[#out + 1] = top
     out[#out + 1] = #got / 6
     append(out, got)
   end
   return out
 end
-"""
+""",
+)
+
+
+def _prelude(uses: tuple[str, ...]) -> str:
+    """_BASE, then the pieces named (and the ones they use), each once, used ones first."""
+    order: list[str] = []
+
+    def add(name: str) -> None:
+        if name in order:
+            return
+        needs, _ = _PIECES[name]
+        for need in needs:
+            add(need)
+        order.append(name)
+
+    for name in uses:
+        add(name)
+    return _BASE + "".join(_PIECES[name][1] for name in order)
+
 
 # ARGV: P, items: a msgpack array of [id, fn, created, blob, delay_ms ("" = queue now),
-# max_queued (0 = no limit)], then optionally node and fn, count pairs: once the items
-# are queued, node (the invoking one, with free slots) takes up to count new entries of
-# each fn as FETCH would, in the same call.
+# max_queued (0 = no limit)], pinned ('1' if the caller's clock is pinned in Redis, see
+# now_ms), then optionally node and fn, count pairs: once the items are queued, node
+# (the invoking one, with free slots) takes up to count new entries of each fn as FETCH
+# would, in the same call.
 # Returns {codes, taken}: one code per item (1 stored, 2 the id exists, 3 the function
 # is not registered, 4 the function's queue already holds max_queued entries not yet
 # delivered), and what FETCH would return for the taking ({} if nothing was asked).
@@ -242,6 +360,7 @@ local known = {}  -- per function: is it registered (looked up once per call)
 -- The records this call stores, written once the taking below is done: one HSET each,
 -- with the owner and epoch a take gives them.
 local stored = {}
+local all_key, fn_keys = P .. 'i:all', {}
 for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
   local id, fn, created, blob, due, cap = item[1], item[2], item[3], item[4], item[5], item[6]
   local key = tkey(id)
@@ -261,12 +380,14 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
       sid = push(fn, id)
       if depths[fn] then depths[fn] = depths[fn] + 1 end
     else
-      now = now or now_ms()
+      now = now or now_ms(ARGV[3])
       redis.call('ZADD', P .. 'due', now + tonumber(due), fn .. SEP .. id)
     end
     stored[id] = {blob = blob, fn = fn, created = created, sid = sid, owner = '', epoch = 0}
-    index_add(P .. 'i:all', created, id)
-    index_add(P .. 'i:fn:' .. fn, created, id)
+    local fn_key = fn_keys[fn]
+    if not fn_key then fn_key = P .. 'i:fn:' .. fn; fn_keys[fn] = fn_key end
+    index_add(all_key, created, id)
+    index_add(fn_key, created, id)
     move_status(id, fn, created, nil, 'Enqueued')
     out[#out + 1] = 1
     changed[#changed + 1] = id
@@ -275,8 +396,8 @@ end
 flush_index()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
 local taken = {}
-if ARGV[3] then  -- the invoking node has the records it stored: no blob comes back
-  taken = take_new(ARGV[3], ARGV, 4, stored)
+if ARGV[4] then  -- the invoking node has the records it stored: no blob comes back
+  taken = take_new(ARGV[4], ARGV, 5, stored, pushed)
   trim_acked()
 end
 for _, id in ipairs(changed) do
@@ -288,7 +409,8 @@ return {out, taken}
 """
 
 # ARGV: P, node (the writer), max_age_ms, items: a msgpack array of [id, expected status,
-# expected owner, expected epoch, new status, blob, flags, delay_ms ("" = now), write token].
+# expected owner, expected epoch, new status, blob, flags, delay_ms ("" = now), write token],
+# pinned (see INVOKE_BATCH).
 # Returns two values per item: code, detail. Codes: 1 written; 2 already written (the
 # token matched: a resend after a lost reply); 0 missing; -1 fenced (detail: current
 # "owner epoch"); -2 conflict (detail: current status).
@@ -331,14 +453,14 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
       if due == '' then
         sid = push(fn, id)
       else
-        now = now or now_ms()
+        now = now or now_ms(ARGV[5])
         redis.call('ZADD', P .. 'due', now + tonumber(due), fn .. SEP .. id)
       end
     end
     fields[#fields + 1] = 'sid'; fields[#fields + 1] = sid
     redis.call('HSET', key, unpack(fields))
     if bit.band(flags, 4) ~= 0 then  -- FINAL
-      now = now or now_ms()
+      now = now or now_ms(ARGV[5])
       redis.call('PEXPIRE', key, max_age)
       index_add(P .. 'ended', now + max_age, fn .. SEP .. new .. SEP .. id)
     end
@@ -379,12 +501,13 @@ trim_acked()
 return out
 """
 
-# ARGV: P, limit. Moves every due member (due time <= the server's now), up to limit,
-# into its function's stream: the ZREM and the XADD happen together, so exactly once.
+# ARGV: P, limit, pinned (see INVOKE_BATCH). Moves every due member (due time <= the
+# server's now), up to limit, into its function's stream: the ZREM and the XADD happen
+# together, so exactly once.
 # Returns {moved, ms until the next one is due (0 if due already) or ""}.
 MOVE_DUE = r"""
 local due = P .. 'due'
-local now = now_ms()
+local now = now_ms(ARGV[3])
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, ARGV[2])
 local moved = 0
 for _, m in ipairs(members) do
@@ -534,11 +657,13 @@ for _, m in ipairs(gone) do redis.call('ZREM', idx, m) end
 return out
 """
 
-# ARGV: P, limit. Forgets up to limit finished records whose retention ran out: their
-# index entries go once the record itself has expired. Returns how many went.
+# ARGV: P, limit, pinned (see INVOKE_BATCH). Forgets up to limit finished records whose
+# retention ran out: their index entries go once the record itself has expired. Returns
+# how many went.
 SWEEP_ENDED = r"""
 local ended = P .. 'ended'
-local members = redis.call('ZRANGEBYSCORE', ended, '-inf', now_ms(), 'LIMIT', 0, ARGV[2])
+local members = redis.call('ZRANGEBYSCORE', ended, '-inf', now_ms(ARGV[3]), 'LIMIT', 0,
+  ARGV[2])
 local removed = 0
 for _, m in ipairs(members) do
   local a = string.find(m, SEP, 1, true)
@@ -633,25 +758,30 @@ class Script:
     sha: str
 
 
-def _script(name: str, body: str) -> Script:
-    source = _PRELUDE + body
+def _script(name: str, body: str, *uses: str) -> Script:
+    """The script ``body`` after the prelude of the pieces it uses (see _prelude)."""
+    source = _prelude(uses) + body
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-invoke_batch = _script("invoke_batch", INVOKE_BATCH)
-transition_batch = _script("transition_batch", TRANSITION_BATCH)
-fetch = _script("fetch", FETCH)
-adopt = _script("adopt", ADOPT)
-move_due = _script("move_due", MOVE_DUE)
+invoke_batch = _script(
+    "invoke_batch", INVOKE_BATCH, "now", "index", "push", "undelivered", "group", "take_new", "ack"
+)
+transition_batch = _script(
+    "transition_batch", TRANSITION_BATCH, "terminal", "now", "index", "ack", "push"
+)
+fetch = _script("fetch", FETCH, "take_new", "ack")
+adopt = _script("adopt", ADOPT, "claim", "ack")
+move_due = _script("move_due", MOVE_DUE, "terminal", "now", "push")
 reclaim_lock = _script("reclaim_lock", RECLAIM_LOCK)
-reclaim_page = _script("reclaim_page", RECLAIM_PAGE)
+reclaim_page = _script("reclaim_page", RECLAIM_PAGE, "claim", "ack")
 reclaim_finish = _script("reclaim_finish", RECLAIM_FINISH)
 list_page = _script("list_page", LIST_PAGE)
-sweep_ended = _script("sweep_ended", SWEEP_ENDED)
+sweep_ended = _script("sweep_ended", SWEEP_ENDED, "now")
 node_beat = _script("node_beat", NODE_BEAT)
 register_function = _script("register_function", REGISTER_FUNCTION)
 delete_function = _script("delete_function", DELETE_FUNCTION)
-queue_stats = _script("queue_stats", QUEUE_STATS)
+queue_stats = _script("queue_stats", QUEUE_STATS, "group", "undelivered")
 
 ALL = (
     invoke_batch,

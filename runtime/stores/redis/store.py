@@ -69,7 +69,7 @@ class RedisStore:
         self._clock = clock
         self.quarantined = 0  #: records whose blob did not decode (skipped, logged)
         self.conn = RedisConnection(options, client_name=f"stint:{node_id}")
-        self.records = RecordStore(self.conn)
+        self.records = RecordStore(self.conn, pinned_clock=clock.is_manual)
         self.writer = RecordWriter(
             self.records,
             node_id,
@@ -78,7 +78,7 @@ class RedisStore:
             on_given_up=self._written,
         )
         self.invokes = InvokeBatcher(self.records, refusal=self._refusal)
-        self.queue = RedisQueue(self.conn, node_id)
+        self.queue = RedisQueue(self.conn, node_id, pinned_clock=clock.is_manual)
         self.nodes = NodeRegistry(
             self.conn, node_id, clock=clock.time, monotonic=_real_monotonic(clock)
         )
