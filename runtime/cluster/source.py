@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import StoreError
 from ..loop import cancel_and_wait
 from ..stores.redis.client import Backoff
-from ..stores.redis.queue import MAX_FETCH, Claimed, Fetched, RedisQueue, entry_order
+from ..stores.redis.queue import MAX_FETCH, Claimed, Fetched, RedisQueue
 
 logger = logging.getLogger("stint")
 
@@ -51,8 +51,9 @@ class SharedSource:
         #: functions whose stream the last look (a fetch, or an invoke's take) emptied: a
         #: slot freed under a light load costs Redis nothing (see want)
         self._drained: set[str] = set()
-        #: per function: the last entry a look that emptied its stream saw (delivered)
-        self._seen: dict[str, str] = {}
+        #: per function: its bell's last ring as the last look that emptied its stream saw
+        #: it (a wait for entries waits after it)
+        self._rung: dict[str, str] = {}
         #: slots promised to calls in flight that take tasks (this loop's fetch, and the
         #: invokes that take their own tasks: see reserve), per function
         self._reserved: dict[str, int] = {}
@@ -198,7 +199,7 @@ class SharedSource:
                 continue
             self._deliver(fetched)
             if self._note_drained(fetched, wanted):
-                await self._wait_for_entries(fetched.last_ids)
+                await self._wait_for_entries(wanted)
 
     async def _fetch(self, wanted: dict[str, int]) -> Fetched:
         """One fetch of ``wanted`` (those slots promised to it while it is in flight)."""
@@ -222,8 +223,9 @@ class SharedSource:
             last = fetched.last_ids.get(function, "0-0")
             if len(items) < asked.get(function, 0) or items[-1].stream_id == last:
                 self._drained.add(function)
-                seen = self._seen.get(function, "0-0")
-                self._seen[function] = max(last, seen, key=entry_order)
+                # (the latest look's, not the highest: after Redis lost its data the ids
+                # start again; an older one at worst ends the next wait at once)
+                self._rung[function] = fetched.bells.get(function, "0-0")
             else:
                 self._drained.discard(function)
                 emptied_all = False
@@ -269,23 +271,22 @@ class SharedSource:
                 await self._more.wait()
         self._more.clear()
 
-    async def _wait_for_entries(self, last_ids: dict[str, str]) -> None:
-        """Until a stream has something new, capacity grows, or a second passes."""
+    async def _wait_for_entries(self, functions: Iterable[str]) -> None:
+        """Until a function's bell rings (its stream got entries nobody took), capacity
+        grows, or a second passes."""
         while not self._more.is_set():  # (capacity grew since the fetch: fetch again first)
-            if self._watch is not None and not self._watching.issuperset(last_ids):
+            if self._watch is not None and not self._watching.issuperset(functions):
                 # A watch left from an earlier wait does not cover a function looked at now
                 # (one just registered, or back from a full node): its new entries would wait
                 # for that watch's time-out. Cut it short and watch them all.
                 await self._end_watch()
             if self._watch is None:
-                after = {
-                    fn: max(i, self._seen.get(fn, i), key=entry_order) for fn, i in last_ids.items()
-                }
+                after = {fn: self._rung.get(fn, "0-0") for fn in functions}
                 self._watching = frozenset(after)
                 self._watch = asyncio.ensure_future(
                     self._queue.first_new_entries(after, _WAIT, reader=self._reader)
                 )
-            # A watch left from an earlier wait looks after older ids: at worst it ends at
+            # A watch left from an earlier wait looks after older rings: at worst it ends at
             # once and costs one fetch that finds nothing.
             watch = self._watch
             # A plain future want() answers, not a task on the event: a wake-up costs no hop.
@@ -298,20 +299,6 @@ class SharedSource:
             if not watch.done():
                 return  # capacity grew
             self._watch = None
-            if watch.cancelled():
-                return
-            if watch.exception() is not None:
+            if not watch.cancelled() and watch.exception() is not None:
                 await asyncio.sleep(self._backoff.delay(0))  # Redis is away: do not spin
-                return
-            found = watch.result()
-            if found and self._takes:
-                # Most likely an invoke's take here: its reply, due now, says what it took
-                # (the wake-up may come first).
-                await self._no_takes.wait()
-            if not found or not all(self._was_seen(fn, i) for fn, i in found.items()):
-                return  # new entries (or a quiet second): fetch
-            # Only entries an invoke's take here emptied the stream of: wait after them.
-
-    def _was_seen(self, function: str, entry_id: str) -> bool:
-        seen = self._seen.get(function)
-        return seen is not None and entry_order(entry_id) <= entry_order(seen)
+            return  # a ring (or a quiet second): fetch

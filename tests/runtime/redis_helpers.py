@@ -54,6 +54,13 @@ class Node:
         ]
         return await self.records.invoke_many(tasks)
 
+    async def publish_change(self, function: str, task_id: str) -> None:
+        """A write the change feed announces: ``task_id`` invoked, taken, moved to Running
+        (an invoke alone is not announced)."""
+        await self.invoke(function, task_id)
+        [claimed] = await self.fetch(function, 1)
+        assert (await self.move(claimed, "Running")).ok
+
     async def fetch(self, function: str, count: int) -> list[Claimed]:
         fetched = await self.queue.fetch({function: count})
         assert not fetched.lapsed

@@ -348,8 +348,8 @@ async def test_a_listener_that_raises_does_not_end_the_change_feed(
         try:
             await a.register("f")
             with caplog.at_level(logging.ERROR, "stint"):
-                await a.invoke("f", "t1")
-                await a.invoke("f", "t2")
+                await a.publish_change("f", "t1")
+                await a.publish_change("f", "t2")
                 await eventually(lambda: heard == ["t1", "t2"])
             assert "listener raised" in caplog.text
         finally:

@@ -150,7 +150,7 @@ async def test_the_change_feed_resubscribes_and_reports_the_gap(
             await off_loop(server.restart)
             await eventually(lambda: gaps == [1], timeout=10)
             await a.register("f")
-            await a.invoke("f", "after")
+            await a.publish_change("f", "after")
             await eventually(lambda: heard == ["after"])
             assert feed.gaps >= 1
         finally:
@@ -164,7 +164,7 @@ async def test_reads_during_an_outage_raise_store_errors(make_redis_server: Make
         fetched = await a.queue.fetch({"f": 1})
         server.stop()
         with pytest.raises(StoreUnavailableError):
-            await a.queue.wait_for_entries(fetched.last_ids, timeout=0.1)
+            await a.queue.wait_for_entries(fetched.bells, timeout=0.1)
         with pytest.raises(StoreUnavailableError):
             await ControlChannel(a.conn, "a").read(timeout=0.1)
         with pytest.raises(StoreUnavailableError):
@@ -239,7 +239,7 @@ async def test_the_change_feed_notices_a_connection_that_stopped_answering(
                 server.resume()
             await eventually(lambda: gaps == [1], timeout=10)
             await a.register("f")
-            await a.invoke("f", "after")
+            await a.publish_change("f", "after")
             await eventually(lambda: heard == ["after"])
         finally:
             await feed.close()

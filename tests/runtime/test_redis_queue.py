@@ -10,7 +10,9 @@ import pytest
 from runtime.stores.redis import (
     ACK,
     FINAL,
+    RELEASE,
     UNQUEUE,
+    InvokeCode,
     NewTask,
     QueueStats,
     RecordStore,
@@ -19,6 +21,7 @@ from runtime.stores.redis import (
     scripts,
 )
 from runtime.stores.redis import queue as queue_module
+from runtime.stores.redis.queue import parse_fetched
 from tests.runtime.redis_helpers import make_all_due, open_nodes
 
 pytestmark = pytest.mark.redis
@@ -115,8 +118,8 @@ async def test_wait_for_entries_wakes_on_new_work_and_times_out(redis_url: str) 
     async with open_nodes(redis_url, "a", "b") as [a, b]:
         await a.register("f", "g")
         fetched = await a.queue.fetch({"f": 1, "g": 1})
-        assert await a.queue.wait_for_entries(fetched.last_ids, timeout=0.01) == set()
-        waiting = asyncio.ensure_future(a.queue.wait_for_entries(fetched.last_ids, timeout=4))
+        assert await a.queue.wait_for_entries(fetched.bells, timeout=0.01) == set()
+        waiting = asyncio.ensure_future(a.queue.wait_for_entries(fetched.bells, timeout=4))
         await asyncio.sleep(0.02)
         assert not waiting.done()
         await b.invoke("g", "g1")
@@ -129,20 +132,74 @@ async def test_work_arriving_between_fetch_and_wait_is_not_missed(redis_url: str
         await a.register("f")
         fetched = await a.queue.fetch({"f": 1})
         await b.invoke("f", "t1")  # lands before the wait starts
-        assert await a.queue.wait_for_entries(fetched.last_ids, timeout=4) == {"f"}
+        assert await a.queue.wait_for_entries(fetched.bells, timeout=4) == {"f"}
 
 
 async def test_cancelling_a_wait_loses_nothing(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
         fetched = await a.queue.fetch({"f": 1})
-        waiting = asyncio.ensure_future(a.queue.wait_for_entries(fetched.last_ids, timeout=4))
+        waiting = asyncio.ensure_future(a.queue.wait_for_entries(fetched.bells, timeout=4))
         await asyncio.sleep(0.02)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         await a.invoke("f", "t1")
         assert [c.task_id for c in await a.fetch("f", 1)] == ["t1"]
+
+
+async def test_an_invoke_whose_own_take_empties_the_stream_wakes_nobody(redis_url: str) -> None:
+    """Nodes wait on a function's bell, not on its stream: an invoke whose taking node
+    takes every entry it queued rings nothing (neither that node nor any other wakes);
+    one that leaves entries rings, and the waiting node finds them."""
+    async with open_nodes(redis_url, "a", "b") as [a, b]:
+        await a.register("f")
+        fetched = await b.queue.fetch({"f": 1})
+        waiting = asyncio.ensure_future(b.queue.wait_for_entries(fetched.bells, timeout=4))
+
+        async def invoke_and_take(ids: list[str], take: int) -> int:
+            tasks = [NewTask(t, "f", 1.0, b"x") for t in ids]
+            codes, raw = await a.records.invoke_and_take(tasks, "a", {"f": take})
+            assert set(codes) == {InvokeCode.STORED}
+            return len(parse_fetched(raw).claimed["f"])
+
+        assert await invoke_and_take(["t1", "t2"], take=5) == 2
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # all taken by the invoking node: nobody was woken
+        assert await invoke_and_take(["t3", "t4"], take=1) == 1
+        assert await waiting == {"f"}  # one left: the bell rang
+        assert [c.task_id for c in await b.fetch("f", 5)] == ["t4"]
+
+
+async def test_a_retry_and_a_due_start_ring_the_bell(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a", "b") as [a, b]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        [claimed] = await a.fetch("f", 1)
+        fetched = await b.queue.fetch({"f": 1})
+        assert fetched.claimed == {"f": []}
+        waiting = asyncio.ensure_future(b.queue.wait_for_entries(fetched.bells, timeout=4))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        assert (await a.move(claimed, "Retrying", RELEASE)).ok  # queued again at once
+        assert await waiting == {"f"}
+        assert [c.task_id for c in await b.fetch("f", 1)] == ["t1"]
+
+        await a.invoke("f", "d1", delay_ms=10**9)
+        fetched = await b.queue.fetch({"f": 1})
+        waiting = asyncio.ensure_future(b.queue.wait_for_entries(fetched.bells, timeout=4))
+        await make_all_due(a.conn)
+        assert (await a.queue.move_due())[0] == 1
+        assert await waiting == {"f"}
+
+
+async def test_a_deleted_function_leaves_no_bell(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        await a.invoke("f", "t1")
+        assert await a.conn.command("EXISTS", a.keys.bell("f")) == 1
+        await a.functions.delete("f")
+        assert await a.conn.command("EXISTS", a.keys.bell("f")) == 0
 
 
 async def test_due_tasks_move_to_the_stream_exactly_once_with_concurrent_movers(
@@ -272,7 +329,7 @@ async def test_skipped_entries_do_not_count_against_what_a_fetch_takes(redis_url
         # and nothing is left undelivered below the last id a waiter would wait after
         fetched = await a.queue.fetch({"f": 5})
         assert [c.task_id for c in fetched.claimed["f"]] == ["t3"]
-        assert await a.queue.wait_for_entries(fetched.last_ids, timeout=0.01) == set()
+        assert await a.queue.wait_for_entries(fetched.bells, timeout=0.01) == set()
 
 
 async def test_acknowledged_entries_are_trimmed_behind_the_oldest_pending_one(

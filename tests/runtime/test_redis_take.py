@@ -77,6 +77,32 @@ async def test_a_task_invoked_where_it_is_served_runs_without_a_fetch(redis_url:
         assert fetches[0] <= 2
 
 
+async def test_a_node_that_runs_what_it_invokes_is_not_woken_by_its_own_tasks(
+    redis_url: str,
+) -> None:
+    """The node waits on the function's bell, which its own invokes (taking all they
+    queued) do not ring: before, each invoke's stream entry woke the node's wait, which
+    then read the reply and blocked again (a round trip and a wake-up per task)."""
+    rt = Runtime(store=redis_url)
+    rt.register("echo", echo, concurrency=10)
+    async with rt:
+        await rt.wait(await rt.invoke("echo", 0), timeout=5)
+        assert rt._cluster is not None
+        queue = rt._cluster.node.source._queue
+        woken = [0]
+        first_new_entries = queue.first_new_entries
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            found = await first_new_entries(*args, **kwargs)
+            woken[0] += bool(found)
+            return found
+
+        queue.first_new_entries = counted  # type: ignore[method-assign]
+        for i in range(20):
+            assert (await rt.wait(await rt.invoke("echo", i), timeout=5)).result == i
+        assert woken[0] == 0
+
+
 async def test_an_invoke_takes_no_more_than_the_free_slots(redis_url: str) -> None:
     gate = Gate()
     rt = Runtime(store=redis_url)

@@ -494,9 +494,11 @@ async def test_invokes_of_one_burst_share_round_trips(redis_url: str) -> None:
         codes = await asyncio.gather(*futures)
         assert codes[:1000] == [InvokeCode.STORED] * 1000
         assert codes[1000:] == [InvokeCode.EXISTS, InvokeCode.NO_FUNCTION]
-        # Calls grow from a small one (the node gets work back at once) to INVOKE_BATCH.
-        assert sizes[:3] == [FIRST_INVOKE_BATCH, 2 * FIRST_INVOKE_BATCH, 4 * FIRST_INVOKE_BATCH]
-        assert max(sizes) == INVOKE_BATCH and sum(sizes) == 1002 and len(sizes) <= 8
+        # Calls grow from a small one (the node gets work back at once), each at most twice
+        # the largest before it (how fast depends on which answer comes first).
+        assert sizes[:2] == [FIRST_INVOKE_BATCH, 2 * FIRST_INVOKE_BATCH]
+        assert all(b <= min(INVOKE_BATCH, 2 * max(sizes[:i])) for i, b in enumerate(sizes[1:], 1))
+        assert sum(sizes) == 1002 and max(sizes) >= 4 * FIRST_INVOKE_BATCH
         assert batcher.batches == len(sizes)
         await batcher.close()
 

@@ -64,6 +64,11 @@ class RedisKeys:
         """Stream of the function's queued tasks (field ``t`` = task id), group ``workers``."""
         return f"{self.base}q:{function}"
 
+    def bell(self, function: str) -> str:
+        """Stream rung when the function's stream gets entries no node took in the same
+        call (capped): a node with free slots waits on it (XREAD) to fetch."""
+        return f"{self.base}b:{function}"
+
     def function(self, name: str) -> str:
         """Hash: a registered function's kind, config and registration times."""
         return f"{self.base}fn:{name}"

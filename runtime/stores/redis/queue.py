@@ -4,8 +4,10 @@ A node takes only as many entries as it has free slots (``fetch``), and the
 same script that reads them claims their tasks, so "dequeued" still means "a
 slot on this node is reserved" and nothing is prefetched that an idle node
 could have run. When a stream is empty the node waits with ``wait_for_entries``
-(XREAD BLOCK, which delivers nothing: cancelling it loses no work) and fetches
-again when something arrives. Delayed starts and retry backoffs wait in one due
+(XREAD BLOCK on the function's bell, which delivers nothing: cancelling it loses no
+work) and fetches again when it rings. A script that queues entries rings the bell
+unless its own take emptied the stream again (a node running what it invokes wakes
+nobody, itself included). Delayed starts and retry backoffs wait in one due
 set; ``move_due`` moves what is due into the streams, exactly once whichever
 node runs it.
 """
@@ -54,8 +56,10 @@ class Fetched:
     """What one ``fetch`` got, per function, and where each stream ended."""
 
     claimed: dict[str, list[Claimed]]
-    #: per function: the id of the last entry in its stream ("0-0" if empty): wait after it
+    #: per function: the id of the last entry in its stream ("0-0" if empty)
     last_ids: dict[str, str]
+    #: per function: the id of the last ring of its bell ("0-0" if none): wait after it
+    bells: dict[str, str] = dataclasses.field(default_factory=dict)
     #: True when this node's heartbeat is gone: it took nothing and must not take work
     lapsed: bool = False
 
@@ -104,11 +108,12 @@ class RedisQueue:
         *,
         reader: BlockingReader | None = None,
     ) -> set[str]:
-        """Wait until a stream has an entry after ``after[fn]`` (from ``Fetched.last_ids``).
+        """Wait until a function's bell rang after ``after[fn]`` (from ``Fetched.bells``):
+        its stream got entries that the call queueing them did not take.
 
-        Returns the functions that have (possibly already taken by another node:
-        fetch again to see), or an empty set after ``timeout`` seconds (capped a
-        little under the socket timeout; call again to wait longer).
+        Returns the functions whose bell rang (their entries possibly already taken by
+        another node: fetch again to see), or an empty set after ``timeout`` seconds
+        (capped a little under the socket timeout; call again to wait longer).
         """
         return set(await self.first_new_entries(after, timeout, reader=reader))
 
@@ -123,15 +128,15 @@ class RedisQueue:
         if not after:
             return {}
         block_ms = max(1, int(min(timeout, MAX_BLOCK) * 1000))
-        streams = [self.keys.stream(function) for function in after]
+        bells = [self.keys.bell(function) for function in after]
         calls = self.conn if reader is None else reader  # the latter: a connection of its own
         reply = await calls.command(
-            "XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *after.values()
+            "XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *bells, *after.values()
         )
         if not reply:
             return {}
         pairs = reply.items() if isinstance(reply, dict) else ((i[0], i[1]) for i in reply)
-        start = len(self.keys.base) + 2  # "<prefix>:q:"
+        start = len(self.keys.bell(""))  # "<prefix>:b:"
         found: dict[str, str] = {}
         for name, entries in pairs:
             if entries:
@@ -212,12 +217,6 @@ class RedisQueue:
         return count
 
 
-def entry_order(entry_id: str) -> tuple[int, int]:
-    """A stream entry id ("<ms>-<seq>") as something that sorts as Redis orders them."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def parse_fetched(reply: list[Any], local: Mapping[str, Any] | None = None) -> Fetched:
     """A FETCH reply (or the taking part of an INVOKE_BATCH reply) as Fetched; ``local``
     maps the ids of tasks the caller has the record of to it (``Claimed.local``)."""
@@ -227,14 +226,16 @@ def parse_fetched(reply: list[Any], local: Mapping[str, Any] | None = None) -> F
         return Fetched({}, {}, lapsed=True)
     claimed: dict[str, list[Claimed]] = {}
     last_ids: dict[str, str] = {}
+    bells: dict[str, str] = {}
     at = 1
     while at < len(reply):
-        function, last, count = text(reply[at]), text(reply[at + 1]), int(reply[at + 2])
-        at += 3
+        function, last, count = text(reply[at]), text(reply[at + 1]), int(reply[at + 3])
+        bells[function] = text(reply[at + 2])
+        at += 4
         claimed[function] = parse_claimed(function, reply[at : at + 6 * count], local)
         last_ids[function] = last
         at += 6 * count
-    return Fetched(claimed, last_ids)
+    return Fetched(claimed, last_ids, bells)
 
 
 def parse_claimed(

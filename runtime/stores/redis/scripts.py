@@ -203,7 +203,7 @@ _piece(
 -- group (lost data) gets the group back where it is read (take_new). pushed[q] is the
 -- id of the last entry this call appended to q: the stream's last entry (the script is
 -- atomic).
-local pushed = {}
+local pushed, queued = {}, {}
 local function push(fn, id)
   local q = qkey(fn)
   local eid = redis.call('XADD', q, 'NOMKSTREAM', '*', 't', id)
@@ -213,7 +213,28 @@ local function push(fn, id)
     eid = redis.call('XADD', q, '*', 't', id)
   end
   pushed[q] = eid
+  queued[fn] = true
   return eid
+end
+
+-- A function's bell (P b:<fn>, a capped stream) rings when a call queued entries for it
+-- that the call's own take did not empty again: nodes waiting for work block on the
+-- bells (XREAD), not on the streams, so a node that runs what it invokes wakes nobody,
+-- itself included. Each call that pushes ends with ring_queued().
+local settled = {}  -- functions rung by this call, or emptied again by its own take
+local function ring(fn)
+  settled[fn] = true
+  return redis.call('XADD', P .. 'b:' .. fn, 'MAXLEN', '~', 100, '*', 'r', '1')
+end
+local function ring_queued()
+  for fn in pairs(queued) do
+    if not settled[fn] then ring(fn) end
+  end
+end
+-- The id of the bell's last ring ("0-0" if none): a node waits for rings after it.
+local function last_ring(fn)
+  local last = redis.call('XREVRANGE', P .. 'b:' .. fn, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][1] or '0-0'
 end
 """,
 )
@@ -277,15 +298,16 @@ end
 
 _piece(
     "take_new",
-    ("claim",),
+    ("claim", "push"),
     r"""
 -- For node, read at most count new entries of each function's stream (fn, count pairs
--- from args[first] on) and claim their tasks (see claim for fresh). pushed: the last
--- entry id of each stream the calling script appended to (push), or nil.
+-- from args[first] on) and claim their tasks (see claim for fresh). A stream the calling
+-- script appended to (push) is not looked up again: pushed has its last entry.
 -- Returns {-1} when node's heartbeat is gone (a lapsed node takes no work), else {1,
--- then per function: fn, last entry id ("0-0" if none), n, then n claimed items}. The
--- caller calls trim_acked() after.
-local function take_new(node, args, first, fresh, pushed)
+-- then per function: fn, last entry id ("0-0" if none), its bell's last ring, n, then n
+-- claimed items}. A function this call queued entries for is rung here unless the take
+-- read them all (settled either way). The caller calls trim_acked() after.
+local function take_new(node, args, first, fresh)
   if redis.call('EXISTS', P .. 'node:' .. node) == 0 then return {-1} end
   local out = {1}
   for i = first, #args, 2 do
@@ -295,6 +317,7 @@ local function take_new(node, args, first, fresh, pushed)
     local wanted = tonumber(count)
     local top = pushed and pushed[q]  -- the stream exists and this is its last entry
     local more = top ~= nil or redis.call('EXISTS', q) == 1
+    local last_read = nil
     while more and #got < 6 * wanted do  -- skipped entries do not count: read on
       local ask = wanted - #got / 6
       local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, node, 'COUNT', ask,
@@ -306,6 +329,7 @@ local function take_new(node, args, first, fresh, pushed)
       end
       local entries = res and res[1][2] or {}
       for _, e in ipairs(entries) do
+        last_read = e[1]
         local item = e[2] and claim(q, e[1], e[2][2], node, false, fresh)
         if item then append(got, item) end
       end
@@ -315,8 +339,16 @@ local function take_new(node, args, first, fresh, pushed)
       local last = redis.call('XREVRANGE', q, '+', '-', 'COUNT', 1)
       top = last[1] and last[1][1] or '0-0'
     end
+    local bell
+    if queued[fn] and more and last_read ~= top then
+      bell = ring(fn)  -- entries this call queued are left for other nodes
+    else
+      if queued[fn] then settled[fn] = true end  -- its own take emptied the stream again
+      bell = last_ring(fn)
+    end
     out[#out + 1] = fn
     out[#out + 1] = top
+    out[#out + 1] = bell
     out[#out + 1] = #got / 6
     append(out, got)
   end
@@ -394,12 +426,14 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[2])) do
   end
 end
 flush_index()
-if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
+-- (no PUBLISH on the change feed: nothing waits on a task before it exists, and every
+-- node would parse the message of every invoke call)
 local taken = {}
 if ARGV[4] then  -- the invoking node has the records it stored: no blob comes back
-  taken = take_new(ARGV[4], ARGV, 5, stored, pushed)
+  taken = take_new(ARGV[4], ARGV, 5, stored)
   trim_acked()
 end
+ring_queued()
 for _, id in ipairs(changed) do
   local r = stored[id]
   redis.call('HSET', tkey(id), 'rec', r.blob, 'status', 'Enqueued', 'fn', r.fn,
@@ -473,6 +507,7 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
 end
 flush_index()
 trim_acked()
+ring_queued()
 if #changed > 0 then redis.call('PUBLISH', P .. 'changed', table.concat(changed, ' ')) end
 return out
 """
@@ -480,7 +515,8 @@ return out
 # ARGV: P, node, then per function: fn, count. Reads at most count new entries of each
 # function's stream for node and claims their tasks (``take_new`` above).
 # Returns {-1} when node's heartbeat is gone (a lapsed node takes no work), else
-# {1, then per function: fn, last entry id ("0-0" if none), n, then n claimed items}.
+# {1, then per function: fn, last entry id ("0-0" if none), the id of its bell's last ring
+# ("0-0" if none: wait for rings after it), n, then n claimed items}.
 FETCH = r"""
 local out = take_new(ARGV[2], ARGV, 3)
 trim_acked()
@@ -523,6 +559,7 @@ for _, m in ipairs(members) do
     end
   end
 end
+ring_queued()
 local nxt = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
 if not nxt[2] then return {moved, ''} end
 return {moved, tostring(math.max(0, tonumber(nxt[2]) - now))}
@@ -731,7 +768,7 @@ return new
 # acknowledge into it, a reclaim follows it); its queued tasks are the caller's to end.
 DELETE_FUNCTION = r"""
 local existed = redis.call('SREM', P .. 'fns', ARGV[2])
-redis.call('DEL', P .. 'fn:' .. ARGV[2])
+redis.call('DEL', P .. 'fn:' .. ARGV[2], P .. 'b:' .. ARGV[2])
 return existed
 """
 
