@@ -370,8 +370,11 @@ class RecordWriter:
 #: hundred, two at a time, so the node starts on what one call stored (and took) while
 #: Redis runs the next; one call of thousands left the node idle for its whole length
 #: (``python -m bench --only stint-redis``: 7,000-8,600 tasks/s with one call of up to
-#: 2,000, 9,600-11,100 with two of 200-250, in the same runs).
-INVOKE_BATCH = 250
+#: 2,000, 9,600-11,100 with two of 200-250, in the same runs). Smaller calls also end a
+#: burst sooner: the tasks of the last call are written after the node ran them, while
+#: it has nothing else to do (idle per task 17-18 µs with calls of 128, 19-22 µs with 250,
+#: alternating runs of bench/cluster.py's workload).
+INVOKE_BATCH = 128
 INVOKE_CALLS = 2
 #: The first call of a burst (Redis idle): calls then grow, each up to twice the largest
 #: in flight, so the node has tasks to run after a short call instead of a full one.
