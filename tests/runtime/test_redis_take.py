@@ -334,3 +334,56 @@ async def test_a_function_registered_while_the_node_waits_is_watched_at_once(
         await eventually(lambda: any("two" in functions for functions in asked))
         record = await client.wait(await client.invoke("two", 2), timeout=2)
         assert record.status is TaskState.SUCCEEDED and record.result == 2
+
+
+async def test_no_task_waits_for_the_poll_whoever_queues_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every path that queues entries a node did not take rings the function's bell, so
+    with the poll (_WAIT) pushed out of reach every task still runs at once: bursts from a
+    pure client, from a node beyond its free slots, from a node that does not serve the
+    function, retries and delayed starts, spread over two serving nodes."""
+    import runtime.cluster.source as source_module
+
+    monkeypatch.setattr(source_module, "_WAIT", 30.0)
+    attempts: dict[int, int] = {}
+
+    async def fails_once(event: Any, ctx: Any) -> Any:
+        attempts[event] = attempts.get(event, 0) + 1
+        if attempts[event] == 1:
+            raise RuntimeError("the first attempt fails")
+        return event
+
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    for rt in (a, b):
+        rt.register("f", echo, concurrency=2)
+        rt.register("flaky", fails_once, concurrency=2, retry_backoff=0.0, retry_backoff_max=0.0)
+    b.register("only_b", echo, concurrency=2)
+    gate = Gate()  # what a takes of "held" stays there: the rest is b's to run
+    a.register("held", gate.handler, concurrency=1, max_instances=1)
+    b.register("held", echo, concurrency=2)
+
+    async def all_succeed(rt: Runtime, ids: list[str]) -> None:
+        done = await asyncio.gather(*(rt.wait(task_id, timeout=3) for task_id in ids))
+        assert {record.status for record in done} == {TaskState.SUCCEEDED}
+
+    async with a, b, Runtime(store=redis_url) as client:
+        await all_succeed(client, [await client.invoke("f", 0)])  # both nodes wait now
+        held = list(await asyncio.gather(*(a.invoke("held", i) for i in range(10))))
+        await eventually(lambda: gate.entered == 1)
+        waits = [asyncio.ensure_future(a.wait(task_id)) for task_id in held]
+        try:  # all but the one a runs (held) run on b, without a poll
+            await eventually(lambda: sum(w.done() for w in waits) == 9, timeout=3)
+        finally:
+            gate.open()
+            await asyncio.gather(*waits)
+        await all_succeed(
+            client, list(await asyncio.gather(*(client.invoke("f", i) for i in range(150))))
+        )
+        await all_succeed(a, list(await asyncio.gather(*(a.invoke("f", i) for i in range(150)))))
+        await all_succeed(
+            a, list(await asyncio.gather(*(a.invoke("only_b", i) for i in range(20))))
+        )
+        await all_succeed(client, [await client.invoke("flaky", i) for i in range(10)])
+        delayed = [await client.invoke("f", i, delay=0.1) for i in range(10)]
+        await all_succeed(client, delayed)

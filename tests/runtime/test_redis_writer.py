@@ -462,6 +462,51 @@ async def test_close_counts_a_batch_cut_short_while_it_waits_to_be_resent(
         assert await writer.close(timeout=0.05) == 1  # not written: said so
 
 
+async def test_close_counts_a_batch_cut_short_on_its_first_attempt(redis_url: str) -> None:
+    """Redis hangs (no error yet): the write in flight when close gives up is unwritten
+    too. Before, only a batch that had failed once was counted: close answered 0 and the
+    store logged nothing about the change it dropped."""
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        held = HeldWrites(a)
+        writer = make_writer(a, records=held)
+        await own_all(a, writer, "t1")
+        writer.put("t1", "Succeeded", "s1", FINAL)
+        await eventually(lambda: len(held.calls) == 1)  # in flight, never answered
+        assert writer.pending == 1
+        assert await writer.close(timeout=0.05) == 1
+
+
+async def test_forget_all_drops_a_batch_whose_send_is_in_flight(redis_url: str) -> None:
+    """The lease lapsed while a (re)send was on its way: when it fails, the batch is
+    dropped, not resent. Before, the failure put the forgotten batch back to be resent
+    (for as long as Redis stayed away, and flush waited for it)."""
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        held = HeldWrites(a)
+        writer = RecordWriter(
+            held,  # type: ignore[arg-type]
+            "a",
+            pack=str.encode,
+            hold=0.0,
+            backoff=Backoff(base=0.001, cap=0.001),
+        )
+        await own_all(a, writer, "t1", "t2")
+        writer.put("t1", "Succeeded", "s1", FINAL)
+        await eventually(lambda: len(held.calls) == 1)
+        held.fail = True
+        held.release(0)
+        await eventually(lambda: len(held.calls) == 2)  # resent: in flight again
+        writer.put("t2", "Succeeded", "s2", FINAL)
+        await eventually(lambda: len(held.calls) == 3)  # a first attempt, in flight
+        assert writer.forget_all() == 2 and writer.pending == 0
+        held.release(1)
+        held.release(2)
+        await writer.flush(timeout=5)
+        assert len(held.calls) == 3 and (writer.written, writer.pending) == (0, 0)
+        assert (await status_of(a, "t1"))[0] == "Enqueued"
+
+
 async def test_forget_all_drops_everything(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         writer = make_writer(a)

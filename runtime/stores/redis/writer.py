@@ -114,8 +114,9 @@ class RecordWriter:
         #: tasks with a write in flight: a newer change of one waits for that call's answer
         #: (its compare-and-set expects what that write leaves)
         self._writing: set[str] = set()
-        #: per drain, the batch an outage interrupted (resent, same tokens, until it lands)
-        self._retrying: dict[asyncio.Task[None], list[Transition]] = {}
+        #: per drain, the batch it writes until that lands: in flight, or interrupted by an
+        #: outage and resent (same tokens); ``pending`` counts it, ``forget_all`` drops it
+        self._unwritten: dict[asyncio.Task[None], list[Transition]] = {}
         self._timer: asyncio.TimerHandle | None = None  # a held start (see HOLD)
         self._hold = hold
         self._tokens = itertools.count(1)
@@ -154,7 +155,7 @@ class RecordWriter:
         dropped = len(self._owned)
         self._owned.clear()
         self._dirty.clear()
-        self._retrying.clear()  # (each drain sees its batch is gone and drops it)
+        self._unwritten.clear()  # (each drain sees its batch is gone and drops it)
         return dropped
 
     @property
@@ -163,8 +164,9 @@ class RecordWriter:
 
     @property
     def pending(self) -> int:
-        """Changes not written yet (tasks with unwritten transitions, plus a batch to resend)."""
-        return len(self._dirty) + sum(len(batch) for batch in self._retrying.values())
+        """Changes not written yet (tasks with unwritten transitions, plus the batches in
+        flight or waiting to be resent)."""
+        return len(self._dirty) + sum(len(batch) for batch in self._unwritten.values())
 
     # writes --------------------------------------------------------------------------------
 
@@ -249,24 +251,28 @@ class RecordWriter:
         node forgets its tasks meanwhile (its lease lapsed: the reclaimer owns them)."""
         ids = [item.task_id for item in batch]
         self._writing.update(ids)
+        # (a batch cut short by close, in flight or between attempts, stays in _unwritten:
+        # close counts it unwritten)
+        self._unwritten[me] = batch
         attempt = 0
-        try:  # (a batch cut short by close stays in _retrying: close counts it unwritten)
+        try:
             while True:
                 try:
                     results = await self.records.transition(batch, node=self.node)
                     break
                 except StoreUnavailableError:
-                    self._retrying[me] = batch
+                    if self._unwritten.get(me) is not batch:
+                        return  # forgotten while it was in flight
                     self.resends += 1
                     await asyncio.sleep(self._backoff.delay(attempt))
                     attempt += 1
-                    if self._retrying.get(me) is not batch:
+                    if self._unwritten.get(me) is not batch:
                         return  # forgotten meanwhile
                 except StoreError as exc:
-                    self._retrying.pop(me, None)
-                    self._refuse_all(batch, exc)
+                    if self._unwritten.pop(me, None) is batch:  # (else forgotten: not ours)
+                        self._refuse_all(batch, exc)
                     return
-            self._retrying.pop(me, None)
+            self._unwritten.pop(me, None)
         finally:
             self._writing.difference_update(ids)
         self.batches += 1
