@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import tempfile
 import threading
 from typing import Any
@@ -352,20 +353,22 @@ async def test_generated_ids_cannot_be_taken_by_hand(make_runtime: RuntimeFactor
 
 
 async def test_a_generated_id_that_is_taken_already_is_generated_anew(
-    make_runtime: RuntimeFactory,
+    make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A generated id can collide with a task an earlier runtime stored (same random
     prefix): the invoke picks new ids instead of failing, and the stored task is untouched."""
     rt = await make_runtime()
     rt.register("fn", echo)
+    with monkeypatch.context() as patch:  # two generators with one prefix
+        patch.setattr(os, "urandom", lambda n: b"\x01" * n)
+        earlier, again = TaskIdGenerator(), TaskIdGenerator()
+    rt._new_id = earlier
     first = await rt.invoke("fn", "first")
     await rt.wait(first)
-    ids = iter([first, first])
-    fresh = rt._new_id
-    rt._new_id = lambda: next(ids, None) or fresh()  # the next id, once more, is that one
+    rt._new_id = again  # its next id is ``first``
     second = await rt.invoke("fn", "second")
     assert second != first
-    assert isinstance(rt._new_id, TaskIdGenerator) and rt._new_id is not fresh  # new prefix
+    assert rt._new_id is not again  # a new prefix
     assert (await rt.wait(second)).result == "second"
     assert (await rt.get(first)).result == "first"
 
