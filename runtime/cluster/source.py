@@ -69,7 +69,7 @@ class SharedSource:
         # capacity: it is left running rather than cancelled (see BlockingReader), and
         # the next wait picks it up. Only closing ends it early, by interrupting it.
         self._reader = queue.conn.blocking_reader("fetch")
-        self._watch: asyncio.Task[dict[str, str]] | None = None
+        self._watch: asyncio.Task[set[str]] | None = None
         self._watching: frozenset[str] = frozenset()  # the functions the watch looks at
         self.fetched = 0  #: tasks taken from the cluster's streams (metrics)
         self.node = queue.node  #: (for the invoke batcher: see reserve)
@@ -284,7 +284,7 @@ class SharedSource:
                 after = {fn: self._rung.get(fn, "0-0") for fn in functions}
                 self._watching = frozenset(after)
                 self._watch = asyncio.ensure_future(
-                    self._queue.first_new_entries(after, _WAIT, reader=self._reader)
+                    self._queue.wait_for_entries(after, _WAIT, reader=self._reader)
                 )
             # A watch left from an earlier wait looks after older rings: at worst it ends at
             # once and costs one fetch that finds nothing.

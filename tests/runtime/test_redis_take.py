@@ -90,14 +90,14 @@ async def test_a_node_that_runs_what_it_invokes_is_not_woken_by_its_own_tasks(
         assert rt._cluster is not None
         queue = rt._cluster.node.source._queue
         woken = [0]
-        first_new_entries = queue.first_new_entries
+        wait_for_entries = queue.wait_for_entries
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
-            found = await first_new_entries(*args, **kwargs)
+            found = await wait_for_entries(*args, **kwargs)
             woken[0] += bool(found)
             return found
 
-        queue.first_new_entries = counted  # type: ignore[method-assign]
+        queue.wait_for_entries = counted  # type: ignore[method-assign]
         for i in range(20):
             assert (await rt.wait(await rt.invoke("echo", i), timeout=5)).result == i
         assert woken[0] == 0

@@ -43,6 +43,17 @@ async def stored_as(node: Node, task_id: str, status: str) -> StoredRecord:
     raise AssertionError(f"{task_id} never became {status} in Redis: {found}")
 
 
+async def waited_on_while_running(
+    a: Runtime, gate: Gate, other: Node
+) -> tuple[str, StoredRecord, asyncio.Future[Any]]:
+    """A task of ``a`` blocked in its attempt (Running in Redis, as ``other`` reads it),
+    and ``a.wait`` on it under way."""
+    task_id = await a.invoke("f", 1)
+    await eventually(lambda: gate.entered == 1)
+    running = await stored_as(other, task_id, "Running")
+    return task_id, running, asyncio.ensure_future(a.wait(task_id, timeout=4))
+
+
 async def test_a_wait_on_a_task_retried_on_another_node_returns_its_end(redis_url: str) -> None:
     gate = Gate()
 
@@ -71,10 +82,7 @@ async def test_a_wait_answered_here_agrees_with_a_stop_that_won_in_redis(redis_u
     a = Runtime(store=redis_url)
     a.register("f", gate.handler)
     async with a, open_nodes(redis_url, "other") as [other]:
-        task_id = await a.invoke("f", 1)
-        await eventually(lambda: gate.entered == 1)
-        running = await stored_as(other, task_id, "Running")
-        waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
+        task_id, running, waiting = await waited_on_while_running(a, gate, other)
         # Another node's stop reaches Redis before a's end (its control message not yet
         # read: none is sent here), so a's Succeeded is refused and a writes Stopped.
         stop = Transition(
@@ -97,10 +105,7 @@ async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_
     a = Runtime(store=redis_url)
     a.register("f", gate.handler)
     async with a, open_nodes(redis_url, "other") as [other]:
-        task_id = await a.invoke("f", 1)
-        await eventually(lambda: gate.entered == 1)
-        running = await stored_as(other, task_id, "Running")
-        waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
+        task_id, running, waiting = await waited_on_while_running(a, gate, other)
         # "other" reclaims it (as after a lapse of a's lease): a's end will be fenced.
         key = other.keys.task(task_id)
         await other.conn.command("HSET", key, "owner", "other", "epoch", running.epoch + 1)

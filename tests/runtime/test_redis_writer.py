@@ -37,7 +37,11 @@ Refusal = tuple[str, str, WriteCode, str]
 
 
 def make_writer(
-    node: Node, refused: list[Refusal] | None = None, records: Any = None, hold: float = 0.0
+    node: Node,
+    refused: list[Refusal] | None = None,
+    records: Any = None,
+    hold: float = 0.0,
+    backoff: Backoff | None = None,
 ) -> RecordWriter:
     """A writer for ``node`` (on ``records`` if given: a stand-in that wraps the node's)."""
 
@@ -46,7 +50,12 @@ def make_writer(
             refused.append((task_id, item.new_status, result.code, result.detail))
 
     return RecordWriter(
-        records or node.records, node.node_id, pack=str.encode, on_refused=on_refused, hold=hold
+        records or node.records,
+        node.node_id,
+        pack=str.encode,
+        on_refused=on_refused,
+        hold=hold,
+        backoff=backoff,
     )
 
 
@@ -328,6 +337,15 @@ class HeldWrites:
         self.calls[index][1].set_result(None)
 
 
+async def two_writes_in_flight(node: Node, held: HeldWrites, writer: RecordWriter) -> None:
+    """t1 and t2 owned, each finished by its own write call, both held in flight."""
+    await own_all(node, writer, "t1", "t2")
+    writer.put("t1", "Succeeded", "s1", FINAL)
+    await eventually(lambda: len(held.calls) == 1)
+    writer.put("t2", "Succeeded", "s2", FINAL)  # not held up by the call in flight
+    await eventually(lambda: len(held.calls) == 2)
+
+
 async def own_all(node: Node, writer: RecordWriter, *ids: str) -> None:
     await node.invoke("f", *ids)
     for claimed in await node.fetch("f", len(ids)):
@@ -339,11 +357,8 @@ async def test_a_second_write_goes_while_the_first_is_in_flight(redis_url: str) 
         await a.register("f")
         held = HeldWrites(a)
         writer = make_writer(a, records=held)
-        await own_all(a, writer, "t1", "t2", "t3")
-        writer.put("t1", "Succeeded", "s1", FINAL)
-        await eventually(lambda: len(held.calls) == 1)
-        writer.put("t2", "Succeeded", "s2", FINAL)  # not held up by the call in flight
-        await eventually(lambda: len(held.calls) == 2)
+        await two_writes_in_flight(a, held, writer)
+        await own_all(a, writer, "t3")
         writer.put("t3", "Succeeded", "s3", FINAL)  # two in flight: waits for an answer
         for _ in range(5):
             await asyncio.sleep(0)
@@ -387,18 +402,8 @@ async def test_both_calls_in_flight_are_resent_after_an_outage(redis_url: str) -
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
         held = HeldWrites(a)
-        writer = RecordWriter(
-            held,  # type: ignore[arg-type]
-            "a",
-            pack=str.encode,
-            hold=0.0,
-            backoff=Backoff(base=0.001, cap=0.001),
-        )
-        await own_all(a, writer, "t1", "t2")
-        writer.put("t1", "Succeeded", "s1", FINAL)
-        await eventually(lambda: len(held.calls) == 1)
-        writer.put("t2", "Succeeded", "s2", FINAL)
-        await eventually(lambda: len(held.calls) == 2)
+        writer = make_writer(a, records=held, backoff=Backoff(base=0.001, cap=0.001))
+        await two_writes_in_flight(a, held, writer)
         held.fail = True
         held.release(0)
         held.release(1)
@@ -417,18 +422,8 @@ async def test_forget_all_drops_the_batches_waiting_to_be_resent(redis_url: str)
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
         held = HeldWrites(a)
-        writer = RecordWriter(
-            held,  # type: ignore[arg-type]
-            "a",
-            pack=str.encode,
-            hold=0.0,
-            backoff=Backoff(base=0.05, cap=0.05),
-        )
-        await own_all(a, writer, "t1", "t2")
-        writer.put("t1", "Succeeded", "s1", FINAL)
-        await eventually(lambda: len(held.calls) == 1)
-        writer.put("t2", "Succeeded", "s2", FINAL)
-        await eventually(lambda: len(held.calls) == 2)
+        writer = make_writer(a, records=held, backoff=Backoff(base=0.05, cap=0.05))
+        await two_writes_in_flight(a, held, writer)
         held.fail = True
         held.release(0)
         held.release(1)
@@ -446,13 +441,7 @@ async def test_close_counts_a_batch_cut_short_while_it_waits_to_be_resent(
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
         held = HeldWrites(a)
-        writer = RecordWriter(
-            held,  # type: ignore[arg-type]
-            "a",
-            pack=str.encode,
-            hold=0.0,
-            backoff=Backoff(base=30.0, cap=30.0),
-        )
+        writer = make_writer(a, records=held, backoff=Backoff(base=30.0, cap=30.0))
         await own_all(a, writer, "t1")
         writer.put("t1", "Succeeded", "s1", FINAL)
         await eventually(lambda: len(held.calls) == 1)
@@ -484,13 +473,7 @@ async def test_forget_all_drops_a_batch_whose_send_is_in_flight(redis_url: str) 
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")
         held = HeldWrites(a)
-        writer = RecordWriter(
-            held,  # type: ignore[arg-type]
-            "a",
-            pack=str.encode,
-            hold=0.0,
-            backoff=Backoff(base=0.001, cap=0.001),
-        )
+        writer = make_writer(a, records=held, backoff=Backoff(base=0.001, cap=0.001))
         await own_all(a, writer, "t1", "t2")
         writer.put("t1", "Succeeded", "s1", FINAL)
         await eventually(lambda: len(held.calls) == 1)

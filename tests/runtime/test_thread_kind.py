@@ -228,6 +228,20 @@ async def _busy_with_waiting(rt: Any, waiting: int) -> tuple[str, list[str]]:
     return first, queued
 
 
+async def _three_running(rt: Any) -> list[str]:
+    """Three tasks of "fn" that block on the "all" gate, once all three run."""
+    tasks = [await rt.invoke("fn", "gated-all") for _ in range(3)]
+    for task_id in tasks:
+        await until_status(rt, task_id, S.RUNNING)
+    return tasks
+
+
+async def _open_and_succeed(rt: Any, gates: Gates, tasks: list[str]) -> None:
+    gates.open("all")
+    for task_id in tasks:
+        assert (await rt.wait(task_id, timeout=10)).status is S.SUCCEEDED
+
+
 async def _warm(rt: Any, name: str, count: int) -> None:
     async with asyncio.timeout(10):
         while sum(1 for i in await rt.instances(name) if i.state == "Ready") < count:
@@ -244,13 +258,9 @@ async def test_a_burst_spreads_over_idle_instances_before_queueing_behind_one(
     gates = Gates()
     rt.register("fn", gates.handler, kind="thread", max_instances=3, min_instances=3)
     await _warm(rt, "fn", 3)
-    tasks = [await rt.invoke("fn", "gated-all") for _ in range(3)]
-    for task_id in tasks:
-        await until_status(rt, task_id, S.RUNNING)
+    tasks = await _three_running(rt)
     assert sorted(i.in_flight for i in await rt.instances("fn")) == [1, 1, 1]
-    gates.open("all")
-    for task_id in tasks:
-        assert (await rt.wait(task_id, timeout=10)).status is S.SUCCEEDED
+    await _open_and_succeed(rt, gates, tasks)
 
 
 async def test_a_cold_burst_starts_instances_before_queueing_behind_one(
@@ -259,13 +269,9 @@ async def test_a_cold_burst_starts_instances_before_queueing_behind_one(
     rt = await make_runtime()
     gates = Gates()
     rt.register("fn", gates.handler, kind="thread", max_instances=3)
-    tasks = [await rt.invoke("fn", "gated-all") for _ in range(3)]
-    for task_id in tasks:
-        await until_status(rt, task_id, S.RUNNING)
+    tasks = await _three_running(rt)
     assert len({(await rt.get(t)).instance_id for t in tasks}) == 3
-    gates.open("all")
-    for task_id in tasks:
-        assert (await rt.wait(task_id, timeout=10)).status is S.SUCCEEDED
+    await _open_and_succeed(rt, gates, tasks)
 
 
 async def test_prefetched_attempts_run_in_order_and_a_stop_takes_one_back(

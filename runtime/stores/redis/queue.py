@@ -115,18 +115,8 @@ class RedisQueue:
         another node: fetch again to see), or an empty set after ``timeout`` seconds
         (capped a little under the socket timeout; call again to wait longer).
         """
-        return set(await self.first_new_entries(after, timeout, reader=reader))
-
-    async def first_new_entries(
-        self,
-        after: Mapping[str, str],
-        timeout: float,
-        *,
-        reader: BlockingReader | None = None,
-    ) -> dict[str, str]:
-        """As :meth:`wait_for_entries`, with the id of each function's first new entry."""
         if not after:
-            return {}
+            return set()
         block_ms = max(1, int(min(timeout, MAX_BLOCK) * 1000))
         bells = [self.keys.bell(function) for function in after]
         calls = self.conn if reader is None else reader  # the latter: a connection of its own
@@ -134,14 +124,10 @@ class RedisQueue:
             "XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *bells, *after.values()
         )
         if not reply:
-            return {}
+            return set()
         pairs = reply.items() if isinstance(reply, dict) else ((i[0], i[1]) for i in reply)
         start = len(self.keys.bell(""))  # "<prefix>:b:"
-        found: dict[str, str] = {}
-        for name, entries in pairs:
-            if entries:
-                found[text(name)[start:]] = text(entries[0][0])
-        return found
+        return {text(name)[start:] for name, entries in pairs if entries}
 
     async def move_due(self, limit: int = 1000) -> tuple[int, float | None]:
         """Queue every retry or delayed start that is due (by Redis' clock), up to ``limit``.
