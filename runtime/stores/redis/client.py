@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 try:  # redis-py >= 7
@@ -46,6 +46,9 @@ MAX_CONNECTIONS = 100
 POOL_WAIT = 10.0
 #: Blocking reads (XREAD BLOCK) are kept this far under the socket timeout.
 MAX_BLOCK = SOCKET_TIMEOUT - 1.0
+#: Connections kept out of the pool between script calls (see RedisConnection.run): the
+#: two write calls and two invoke calls a node keeps in flight, a fetch, and some spare.
+LANE_SIZE = 8
 
 Arg = str | bytes | int | float
 
@@ -111,6 +114,7 @@ class RedisConnection:
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self._closed = False
         self._readers: set[BlockingReader] = set()  # closed with the connection
+        self._lane: list[Any] = []  # idle connections of the pool, kept for script calls
 
     @property
     def client(self) -> aioredis.Redis:
@@ -134,6 +138,9 @@ class RedisConnection:
             self._closed = True
             for reader in list(self._readers):
                 await reader.close()
+            lane, self._lane = self._lane, []
+            for connection in lane:
+                await self._client.connection_pool.release(connection)
             await self._client.aclose()
 
     async def wait_until_up(self, timeout: float | None = None) -> None:
@@ -177,17 +184,56 @@ class RedisConnection:
         return results
 
     async def run(self, script: Script, args: Sequence[Arg]) -> Any:
-        """Run a script (EVALSHA; loads it first if the server does not have it)."""
+        """Run a script (EVALSHA; loads it first if the server does not have it).
+
+        Script calls are the hot path (an invoke, a task's writes), so they skip
+        redis-py's per-call machinery: the command is packed here (the arguments
+        are few known types) and sent on a connection kept out of the pool between
+        calls (:meth:`_borrow`), which saves ~50 µs a call, a tenth of a one-task
+        round trip. redis-py still connects, parses the reply and closes a connection
+        a call left in doubt (a timeout, a cancellation).
+        """
         try:
+            payload = pack_evalsha(script.sha, args)
+            connection = await self._borrow()
+            clean = False
             try:
-                result = await self._execute("EVALSHA", script.sha, 0, *args)
-            except NoScriptError:
-                await self._execute("SCRIPT", "LOAD", script.source)
-                result = await self._execute("EVALSHA", script.sha, 0, *args)
+                try:
+                    result = await _call(connection, payload)
+                except NoScriptError:
+                    await _call(connection, pack_command(("SCRIPT", "LOAD", script.source)))
+                    result = await _call(connection, payload)
+                clean = True
+            except ResponseError:
+                clean = True  # the whole error reply was read: the connection is fine
+                raise
+            finally:
+                await self._give_back(connection, clean)
         except (RedisError, OSError) as exc:
             raise self._failed(exc, script.name) from None
         self._succeeded()
         return result
+
+    async def _borrow(self) -> Any:
+        """An idle connection of the lane, else one from the pool (which may wait)."""
+        if not self._lane:
+            return await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._lane.pop()
+        # Redis closed it while idle (a restart), or it holds stray bytes: start afresh
+        # (the send connects again) rather than fail a call on a connection known bad.
+        if connection.is_connected and await connection.can_read():
+            await connection.disconnect()
+        return connection
+
+    async def _give_back(self, connection: Any, clean: bool) -> None:
+        """Keep a clean connection for the next call; a call cut short (a timeout, a
+        cancellation) may have left its reply unread: closed and returned to the pool."""
+        if clean and not self._closed and len(self._lane) < LANE_SIZE:
+            self._lane.append(connection)
+            return
+        if not clean:
+            await connection.disconnect(nowait=True)
+        await self._client.connection_pool.release(connection)
 
     async def run_many(self, script: Script, calls: Sequence[Sequence[Arg]]) -> list[Any]:
         """Run a script once per argument list, all in one round trip (a pipeline)."""
@@ -227,7 +273,10 @@ class RedisConnection:
 
     def _failed(self, exc: BaseException, what: str) -> StoreError:
         url = self.options.safe_url
-        if isinstance(exc, ResponseError) and not _is_transient(exc):
+        if isinstance(exc, DataError) or (
+            isinstance(exc, ResponseError) and not _is_transient(exc)
+        ):
+            # (DataError: an argument no command can carry, refused before it was sent)
             return StoreError(f"Redis at {url} refused {what}: {exc}")
         if self.connected or self._down_since is None:
             self._down_since = time.monotonic()
@@ -313,6 +362,37 @@ class BlockingReader:
         if self._disconnecting is not None:
             await asyncio.wait([self._disconnecting])
         await self._client.aclose()
+
+
+async def _call(connection: Any, payload: bytes) -> Any:
+    """One packed command on ``connection`` and its reply (an error reply raises)."""
+    await connection.send_packed_command(payload, check_health=False)
+    return await connection.read_response()
+
+
+def pack_evalsha(sha: str, args: Sequence[Arg]) -> bytes:
+    """``EVALSHA sha 0 *args`` in the Redis protocol."""
+    return pack_command(("EVALSHA", sha, 0, *args))
+
+
+def pack_command(args: Sequence[Arg]) -> bytes:
+    """A command in the Redis protocol, its arguments encoded as redis-py does (text as
+    UTF-8, numbers as their repr); anything else is refused as redis-py refuses it."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int | float) and not isinstance(arg, bool):
+            data = repr(arg).encode()
+        else:
+            raise DataError(
+                f"Invalid input of type: {type(arg).__name__!r}. "
+                "Convert to a bytes, string, int or float first."
+            )
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _is_transient(exc: ResponseError) -> bool:
