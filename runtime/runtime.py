@@ -803,8 +803,11 @@ class Runtime:
         raises :class:`TaskNotFoundError` for an unknown id.
         """
         self._check_running()
-        poll = None if self._cluster is None else 1.0  # elsewhere in a cluster: look again too
-        return TaskWatch(task_id, self._store.get, self._waits, poll=poll)
+        if self._cluster is None:
+            return TaskWatch(task_id, self._store.get, self._waits, poll=None)
+        # elsewhere in a cluster: its changes published to this node, and looked at again
+        cluster = self._cluster
+        return TaskWatch(task_id, cluster.store.get_watched, self._waits, poll=cluster.poll)
 
     async def stop(self, task_id: Any) -> TaskRecord:
         """Stop a task; returns its record once Stopped.

@@ -56,6 +56,10 @@ class Waits:
             if not waiter.done() and is_idle(name):
                 waiter.set_result(None)
 
+    def waits_on(self, task_id: str) -> bool:
+        """Whether a ``wait`` or a watcher waits on the task now."""
+        return task_id in self.watched or task_id in self._done
+
     @property
     def has_joiners(self) -> bool:
         return bool(self._joins)

@@ -159,11 +159,16 @@ class ClusterTasks:
 
     def released(self, record: TaskRecord, entry: FunctionEntry, delay: float) -> None:
         """A task actor gave its task back to the cluster (a retry's backoff, a recovery)."""
-        self.store.release(record, delay)
+        self.store.release(record, delay, watched=self.rt._waits.waits_on(record.task_id))
         if delay > 0:
             self.node.due_soon()
 
     # stop, wait and join of tasks held elsewhere ------------------------------------------
+
+    @property
+    def poll(self) -> float:
+        """Seconds between looks at a task held elsewhere (a watch's, as a wait's)."""
+        return POLL
 
     async def stop(self, task_id: str) -> TaskRecord:
         """Stop a task this node does not hold: at once if it is queued, else through its owner."""
@@ -237,10 +242,10 @@ class ClusterTasks:
 
     async def _read(self, task_id: str) -> TaskRecord:
         try:
-            record = await self.rt._store.get(task_id)
+            record = await self.store.get_watched(task_id)
         except StoreError:
             await asyncio.sleep(POLL)  # Redis is away: keep waiting, as promised
-            record = await self.rt._store.get(task_id) if self.rt.started else None
+            record = await self.store.get_watched(task_id) if self.rt.started else None
             if record is None:
                 raise RuntimeClosedError("the runtime closed while waiting") from None
         if record is None:
@@ -256,7 +261,7 @@ class ClusterTasks:
             async with asyncio.timeout(timeout):
                 while True:
                     self._any_change.clear()
-                    if not await self.store.records.count_unfinished(name):
+                    if not await self.store.records.count_unfinished(name, join=True):
                         return
                     # woken by the next write anywhere, and looking again anyway
                     change = asyncio.ensure_future(self._any_change.wait())

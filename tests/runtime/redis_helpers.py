@@ -55,9 +55,11 @@ class Node:
         return await self.records.invoke_many(tasks)
 
     async def publish_change(self, function: str, task_id: str) -> None:
-        """A write the change feed announces: ``task_id`` invoked, taken, moved to Running
-        (an invoke alone is not announced)."""
+        """A write the change feed announces: ``task_id`` invoked, waited on (a read that
+        asks for its changes), taken, moved to Running (an invoke alone is not announced,
+        nor a change of a task nobody waits on)."""
         await self.invoke(function, task_id)
+        assert await self.records.get(task_id, watch=True) is not None
         [claimed] = await self.fetch(function, 1)
         assert (await self.move(claimed, "Running")).ok
 

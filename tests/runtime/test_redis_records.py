@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,11 +22,12 @@ from runtime.stores.redis import (
     Transition,
     WriteCode,
     records,
+    scripts,
 )
 from runtime.stores.redis.queue import parse_fetched
 from runtime.stores.redis.records import BATCH
 from tests.conftest import eventually
-from tests.runtime.redis_helpers import blob, keys_of, open_nodes, zmembers
+from tests.runtime.redis_helpers import Node, blob, keys_of, open_nodes, zmembers
 
 pytestmark = pytest.mark.redis
 
@@ -242,23 +245,69 @@ async def test_one_batch_mixes_outcomes_item_by_item(redis_url: str) -> None:
         ]
 
 
-async def test_every_transition_is_published_and_an_invoke_is_not(redis_url: str) -> None:
-    """Nothing can wait on a task before it exists: a new task is not announced (every
-    node would parse every invoke call's message for nothing)."""
-    async with open_nodes(redis_url, "a") as [a]:
-        heard: list[str] = []
-        feed = ChangeFeed(a.conn, heard.extend)
-        await feed.start()
-        try:
-            await a.register("f")
-            await a.invoke("f", "t1", "t2")
-            [c1, c2] = await a.fetch("f", 2)
-            await a.move(c1, "Running")
-            await a.move(c2, "Running")
-            await eventually(lambda: len(heard) >= 2)
-            assert heard == ["t1", "t2"]  # (in order: the invoke's would have come first)
-        finally:
-            await feed.close()
+@contextlib.asynccontextmanager
+async def feed_of(node: Node) -> AsyncIterator[list[str]]:
+    """The ids the change feed announces while the block runs, in order."""
+    heard: list[str] = []
+    feed = ChangeFeed(node.conn, heard.extend)
+    await feed.start()
+    try:
+        yield heard
+    finally:
+        await feed.close()
+
+
+async def announced_before(node: Node, heard: list[str], marker: str) -> list[str]:
+    """What the feed announced before a change of ``marker`` (a task waited on): all that
+    was going to be announced has been by then (one connection, one channel, in order)."""
+    await node.publish_change("f", marker)
+    await eventually(lambda: marker in heard)
+    return heard[: heard.index(marker)]
+
+
+async def test_a_change_is_published_only_for_a_task_waited_on_and_never_an_invoke(
+    redis_url: str,
+) -> None:
+    """Every node reads every message: a change is announced only when someone off the
+    task's owner asked (a wait's or a watch's read) or a join runs. An invoke never is:
+    nothing can wait on a task before it exists."""
+    async with open_nodes(redis_url, "a") as [a], feed_of(a) as heard:
+        await a.register("f")
+        await a.invoke("f", "t1", "t2")
+        assert await a.records.get("t2", watch=True) is not None
+        [c1, c2] = await a.fetch("f", 2)
+        assert (await a.move(c1, "Running")).ok
+        assert (await a.move(c2, "Running")).ok
+        assert await announced_before(a, heard, "marker") == ["t2"]
+        ttl = await a.conn.command("PTTL", a.keys.watched("t2"))
+        assert 0 < ttl <= scripts.WATCH_TTL_MS
+
+
+async def test_while_a_join_runs_every_change_is_published(redis_url: str) -> None:
+    async with open_nodes(redis_url, "a") as [a], feed_of(a) as heard:
+        await a.register("f")
+        await a.invoke("f", "t1", "t2")
+        [c1, c2] = await a.fetch("f", 2)
+        assert (await a.move(c1, "Running")).ok
+        assert await a.records.count_unfinished("f", join=True) == 2
+        assert (await a.move(c2, "Running")).ok
+        assert await announced_before(a, heard, "marker") == ["t2"]
+        assert 0 < await a.conn.command("PTTL", a.keys.joining) <= scripts.WATCH_TTL_MS
+
+
+async def test_a_release_waited_on_here_publishes_the_changes_elsewhere(redis_url: str) -> None:
+    """A node that gives up a task someone there waits on (told until then by its task
+    actor) asks for its changes in the release itself: a node that takes it then is heard."""
+    async with open_nodes(redis_url, "a", "b") as [a, b], feed_of(a) as heard:
+        await a.register("f")
+        await a.invoke("f", "t1", "t2")
+        [c1, c2] = await a.fetch("f", 2)
+        assert (await a.move(c1, "Enqueued", RELEASE | scripts.WATCHED)).ok
+        assert (await a.move(c2, "Enqueued", RELEASE)).ok
+        taken = {c.task_id: c for c in await b.fetch("f", 2)}
+        assert (await b.move(taken["t1"], "Running")).ok
+        assert (await b.move(taken["t2"], "Running")).ok
+        assert await announced_before(a, heard, "marker") == ["t1", "t1"]
 
 
 # --- reads -----------------------------------------------------------------------------------

@@ -127,7 +127,8 @@ def test_keys_all_live_under_the_prefix() -> None:
         keys.idx_all, keys.fns, keys.streams, keys.due, keys.ended, keys.nodes, keys.changed,
         keys.task("t1"), keys.idx_function("f"), keys.idx_status("Running"),
         keys.idx_function_status("f", "Running"), keys.stream("f"), keys.function("f"),
-        keys.node("n1"), keys.control("n1"), keys.reclaim_lock("n1"),
+        keys.node("n1"), keys.control("n1"), keys.reclaim_lock("n1"), keys.bell("f"),
+        keys.joining, keys.watched("t1"), keys.clock,
     ]  # fmt: skip
     assert all(name.startswith("app:") for name in names)
     assert len(set(names)) == len(names)

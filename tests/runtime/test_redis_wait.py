@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from runtime import Runtime, TaskState
+from runtime.cluster import tasks as cluster_tasks
 from runtime.stores.redis import StoredRecord, Transition
 from runtime.wire import pack_record, unpack_record
 from tests.conftest import eventually
@@ -54,7 +55,65 @@ async def waited_on_while_running(
     return task_id, running, asyncio.ensure_future(a.wait(task_id, timeout=4))
 
 
-async def test_a_wait_on_a_task_retried_on_another_node_returns_its_end(redis_url: str) -> None:
+@pytest.fixture
+def no_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiters elsewhere look again only after 30 s: what they learn sooner came by the
+    change feed (a change is announced only for a task someone waits on)."""
+    monkeypatch.setattr(cluster_tasks, "POLL", 30.0)
+
+
+async def test_a_client_is_told_of_an_end_it_waits_watches_or_joins_for(
+    redis_url: str, no_poll: None
+) -> None:
+    gate = Gate()
+    a, client = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, client, open_nodes(redis_url, "reader") as [reader]:
+        task_id = await client.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+
+        async def watch() -> list[TaskState]:
+            return [event.status async for event in client.watch(task_id)]
+
+        waiting = asyncio.ensure_future(client.wait(task_id, timeout=5))
+        watching = asyncio.ensure_future(watch())
+        joining = asyncio.ensure_future(client.join("f", timeout=5))
+        await eventually(lambda: len(client._waits.watched.get(task_id, [])) == 2)
+        for key in (reader.keys.watched(task_id), reader.keys.joining):  # (their reads asked)
+            await key_exists(reader, key)
+        gate.open()
+        assert (await waiting).status is TaskState.SUCCEEDED
+        assert (await asyncio.wait_for(watching, 5))[-2:] == [
+            TaskState.RUNNING,
+            TaskState.SUCCEEDED,
+        ]
+        await joining
+
+
+async def test_a_client_stop_returns_once_the_owner_wrote_stopped(
+    redis_url: str, no_poll: None
+) -> None:
+    gate = Gate()
+    a, client = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, client:
+        task_id = await client.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+        record = await asyncio.wait_for(client.stop(task_id), 5)
+        assert record.status is TaskState.STOPPED and gate.cancelled == 1
+
+
+async def key_exists(node: Node, key: str) -> None:
+    for _ in range(500):
+        if await node.conn.command("EXISTS", key):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{key} never appeared")
+
+
+async def test_a_wait_on_a_task_retried_on_another_node_returns_its_end(
+    redis_url: str, no_poll: None
+) -> None:
     gate = Gate()
 
     async def fails(event: Any, ctx: Any) -> Any:

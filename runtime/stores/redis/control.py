@@ -6,7 +6,8 @@ the owner reads it with :class:`ControlChannel` and deletes it once handled. A
 node that dies with requests unread loses nothing: its tasks are reclaimed in
 their Stopping state and become Stopped by the recovery rules.
 
-Change notifications (``PUBLISH P changed "<id> <id> ..."`` on every write) only
+Change notifications (``PUBLISH P changed "<id> <id> ..."`` on a write of tasks someone
+waits on, or of every task while a join runs: see ``scripts.WATCH_TTL_MS``) only
 hurry waiters along: pub/sub drops messages while a subscriber is away, so
 :class:`ChangeFeed` says so (``on_gap``) and waiters also check on a timer.
 """
@@ -85,7 +86,7 @@ class ControlChannel:
 
 
 class ChangeFeed:
-    """Calls ``on_change(task_ids)`` for every write anywhere in the cluster.
+    """Calls ``on_change(task_ids)`` for every announced write anywhere in the cluster.
 
     Runs one subscriber connection; when it breaks it resubscribes with backoff
     and calls ``on_gap()`` (notifications may have been missed: re-check).

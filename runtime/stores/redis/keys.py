@@ -28,6 +28,7 @@ class RedisKeys:
         "ended",
         "fns",
         "idx_all",
+        "joining",
         "nodes",
         "prefix",
         "streams",
@@ -43,6 +44,8 @@ class RedisKeys:
         self.ended = self.base + "ended"  #: zset expiry ms -> "<fn>\0<status>\0<task id>"
         self.nodes = self.base + "nodes"  #: set of node ids that joined and were not reclaimed
         self.changed = self.base + "changed"  #: pub/sub channel: changed task ids
+        #: string with a TTL: a join runs somewhere, so every change is published
+        self.joining = self.base + "joining"
         #: string, ms: a test's manual clock, which the scripts then use instead of TIME
         #: (set only by a runtime built with a ManualClock; never in production)
         self.clock = self.base + "clock"
@@ -50,6 +53,11 @@ class RedisKeys:
     def task(self, task_id: str) -> str:
         """Hash: the record blob and its status, function, owner, epoch, stream entry."""
         return f"{self.base}t:{task_id}"
+
+    def watched(self, task_id: str) -> str:
+        """String with a TTL: someone off the task's owner waits on it, so its changes are
+        published on ``changed``."""
+        return f"{self.base}w:{task_id}"
 
     def idx_function(self, function: str) -> str:
         return f"{self.base}i:fn:{function}"

@@ -200,9 +200,18 @@ class RecordStore:
             for i in range(0, len(reply), 2)
         ]
 
-    async def get(self, task_id: str) -> StoredRecord | None:
-        """The record as stored now, or None (never existed, or expired)."""
-        values = await self.conn.command("HMGET", self.keys.task(task_id), *_RECORD_FIELDS)
+    async def get(self, task_id: str, *, watch: bool = False) -> StoredRecord | None:
+        """The record as stored now, or None (never existed, or expired).
+
+        ``watch``: and publish the task's changes on ``changed`` from now on, for
+        ``scripts.WATCH_TTL_MS`` (a waiter reads again within it). Asked in the same
+        round trip, before the read: a change after the read cannot go unannounced.
+        """
+        read = ("HMGET", self.keys.task(task_id), *_RECORD_FIELDS)
+        if not watch:
+            return _stored(task_id, await self.conn.command(*read))
+        interest = ("SET", self.keys.watched(task_id), "1", "PX", scripts.WATCH_TTL_MS)
+        _, values = await self.conn.commands([interest, read])
         return _stored(task_id, values)
 
     async def get_many(self, task_ids: Sequence[str]) -> builtins.list[StoredRecord | None]:
@@ -213,13 +222,20 @@ class RecordStore:
         rows = await self.conn.commands([("HMGET", self.keys.task(t), *fields) for t in task_ids])
         return [_stored(task_id, row) for task_id, row in zip(task_ids, rows, strict=True)]
 
-    async def count_unfinished(self, function: str | None = None) -> int:
-        """Tasks not terminal yet (of ``function``, or of every function), in one round trip."""
+    async def count_unfinished(self, function: str | None = None, *, join: bool = False) -> int:
+        """Tasks not terminal yet (of ``function``, or of every function), in one round trip.
+
+        ``join``: and publish every change on ``changed`` from now on, for
+        ``scripts.WATCH_TTL_MS`` (a join counts again within it), asked before the count.
+        """
         unfinished = ("Enqueued", "Dequeued", "Running", "Retrying", "Stopping")
-        counts = await self.conn.commands(
-            [("ZCARD", self.keys.index(function, status)) for status in unfinished]
-        )
-        return sum(int(count) for count in counts)
+        calls: builtins.list[tuple[Any, ...]] = [
+            ("ZCARD", self.keys.index(function, status)) for status in unfinished
+        ]
+        if join:
+            calls.insert(0, ("SET", self.keys.joining, "1", "PX", scripts.WATCH_TTL_MS))
+        counts = await self.conn.commands(calls)
+        return sum(int(count) for count in (counts[1:] if join else counts))
 
     async def unowned(self, function: str, limit: int = 500) -> builtins.list[StoredRecord]:
         """The oldest tasks of ``function`` that no node holds and that have not finished

@@ -27,6 +27,13 @@ RELEASE = 2  #: give the task up (owner "", epoch + 1) and queue it again, now o
 FINAL = 4  #: terminal: the record expires after max_age, its index entries later
 UNQUEUE = 8  #: take a queued task out of the stream and the due set (stopped while queued)
 NOTIFY = 16  #: tell the owner on its control stream (a stop requested from another node)
+WATCHED = 32  #: someone on the writing node waits on the task it gives up: see WATCH_TTL_MS
+
+#: How long an interest in a task's changes lasts (``P w:<task>``). A change is published
+#: on ``P changed`` only for a task someone off its owner waits on (or while a join runs,
+#: ``P joining``): every node reads every message. Waiters read again, and renew it, at
+#: least every second, so a few seconds outlive them.
+WATCH_TTL_MS = 5000
 
 # The helpers the scripts share, as pieces: each script's source is its own body after
 # only the pieces it uses (and what those use), since a script runs all of its source on
@@ -448,10 +455,13 @@ return {out, taken}
 # Returns two values per item: code, detail. Codes: 1 written; 2 already written (the
 # token matched: a resend after a lost reply); 0 missing; -1 fenced (detail: current
 # "owner epoch"); -2 conflict (detail: current status).
+# Publishes the ids written that someone waits on (P w:<id>), or all of them while a join
+# runs somewhere (P joining).
 TRANSITION_BATCH = r"""
 local node, max_age = ARGV[2], tonumber(ARGV[3])
 local out, changed = {}, {}
 local now = nil
+local everyone = redis.call('EXISTS', P .. 'joining') == 1
 for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
   local id = item[1]
   local key = tkey(id)
@@ -502,7 +512,13 @@ for _, item in ipairs(cmsgpack.unpack(ARGV[4])) do
       redis.call('XADD', P .. 'ctl:' .. owner, 'MAXLEN', '~', 100000, '*', 't', id, 'by', node)
     end
     out[#out + 1] = 1; out[#out + 1] = ''
-    changed[#changed + 1] = id
+    local watch = P .. 'w:' .. id
+    if bit.band(flags, 32) ~= 0 then  -- WATCHED
+      redis.call('SET', watch, '1', 'PX', WATCH_TTL_MS)
+      changed[#changed + 1] = id
+    elseif everyone or redis.call('EXISTS', watch) == 1 then
+      changed[#changed + 1] = id
+    end
   end
 end
 flush_index()
@@ -805,7 +821,13 @@ invoke_batch = _script(
     "invoke_batch", INVOKE_BATCH, "now", "index", "push", "undelivered", "group", "take_new", "ack"
 )
 transition_batch = _script(
-    "transition_batch", TRANSITION_BATCH, "terminal", "now", "index", "ack", "push"
+    "transition_batch",
+    TRANSITION_BATCH.replace("WATCH_TTL_MS", str(WATCH_TTL_MS)),
+    "terminal",
+    "now",
+    "index",
+    "ack",
+    "push",
 )
 fetch = _script("fetch", FETCH, "take_new", "ack")
 adopt = _script("adopt", ADOPT, "claim", "ack")

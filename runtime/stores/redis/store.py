@@ -179,12 +179,19 @@ class RedisStore:
         self._let_go(record)
         self.writer.put(record.task_id, NAME[record.status], record, scripts.FINAL)
 
-    async def get(self, task_id: str) -> TaskRecord | None:
+    async def get(self, task_id: str, *, watch: bool = False) -> TaskRecord | None:
+        """The freshest record: this node's copy, else Redis'. ``watch``: a waiter reads,
+        and the task's changes are published from now on (``RecordStore.get``); a task
+        held here needs nothing published (its task actor tells the waiters here)."""
         mine = self._mine(task_id)
         if mine is not None:
             return mine
-        stored = await self.records.get(task_id)
+        stored = await self.records.get(task_id, watch=watch)
         return None if stored is None else self._unpack(stored.task_id, stored.blob)
+
+    async def get_watched(self, task_id: str) -> TaskRecord | None:
+        """``get(task_id, watch=True)``: the read of a ``wait`` or a ``watch``."""
+        return await self.get(task_id, watch=True)
 
     async def list(self, query: Query) -> builtins.list[TaskRecord]:
         start = query.start_after
@@ -216,14 +223,16 @@ class RedisStore:
         self._left(record.task_id)
         self.writer.own(record.task_id, epoch, status)
 
-    def release(self, record: TaskRecord, delay: float) -> None:
+    def release(self, record: TaskRecord, delay: float, *, watched: bool = False) -> None:
         """Give the task back to the cluster, queued again now or after ``delay`` seconds
-        (on Redis' clock): whichever node has a free slot then takes it up."""
+        (on Redis' clock): whichever node has a free slot then takes it up.
+
+        ``watched``: someone here waits on it (until now told by its task actor here):
+        its changes elsewhere are published from the release on."""
         self._let_go(record)
         delay_ms = round(delay * 1000) if delay > 0 else None
-        self.writer.put(
-            record.task_id, NAME[record.status], record, scripts.RELEASE, delay_ms=delay_ms
-        )
+        flags = scripts.RELEASE | (scripts.WATCHED if watched else 0)
+        self.writer.put(record.task_id, NAME[record.status], record, flags, delay_ms=delay_ms)
 
     def _mine(self, task_id: str) -> TaskRecord | None:
         """This node's copy of a task it holds, or ended or gave back with the write not
