@@ -219,10 +219,14 @@ class RedisConnection:
         if not self._lane:
             return await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         connection = self._lane.pop()
-        # Redis closed it while idle (a restart), or it holds stray bytes: start afresh
-        # (the send connects again) rather than fail a call on a connection known bad.
-        if connection.is_connected and await connection.can_read():
-            await connection.disconnect()
+        try:
+            # Redis closed it while idle (a restart), or it holds stray bytes: start afresh
+            # (the send connects again) rather than fail a call on a connection known bad.
+            if connection.is_connected and await connection.can_read():
+                await connection.disconnect()
+        except BaseException:  # (a cancellation while closing it: the pool gets it back)
+            await self._give_back(connection, clean=False)
+            raise
         return connection
 
     async def _give_back(self, connection: Any, clean: bool) -> None:
