@@ -600,6 +600,37 @@ async def test_close_waits_for_the_batch_under_way(redis_url: str) -> None:
         assert not batcher._in_flight
 
 
+async def test_a_close_cancelled_by_its_caller_ends_cancelled(redis_url: str) -> None:
+    """Before, close swallowed its own caller's cancellation (it suppressed the
+    CancelledError of its shielded wait) and went on waiting for the batch."""
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+        release = asyncio.Event()
+        records = a.records
+
+        class Held:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(records, name)
+
+            async def invoke_and_take(self, *args: Any) -> Any:
+                await release.wait()
+                return await records.invoke_and_take(*args)
+
+        batcher = InvokeBatcher(Held())  # type: ignore[arg-type]
+        future = batcher.add(NewTask("t1", "f", 1.0, b"x"))
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)  # close waits for the batch under way
+        try:
+            closing.cancel()
+            await eventually(closing.done, timeout=2)  # (before: it waited on, for the batch)
+            assert closing.cancelled()
+            assert not future.done()  # the batch itself goes on
+        finally:
+            release.set()
+        assert await future is InvokeCode.STORED
+        await batcher.close()
+
+
 class RepliesLate:
     """A RecordStore whose transition replies reach the writer only when let go (as when
     another connection's reply is read first): the writes themselves are applied."""

@@ -448,11 +448,10 @@ class InvokeBatcher:
         task.add_done_callback(self._drained)
 
     async def close(self) -> None:
-        """Wait for the batches under way (new adds after this still work)."""
+        """Wait for the batches under way (new adds after this still work). A cancelled
+        close ends cancelled; the batches go on (their callers wait for them)."""
         while self._in_flight:
-            for task in list(self._in_flight):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(task)
+            await asyncio.wait(list(self._in_flight))  # (raises nothing of theirs)
             await asyncio.sleep(0)  # lets the done callbacks run
 
     async def _drain(self) -> None:
