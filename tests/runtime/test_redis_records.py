@@ -78,6 +78,24 @@ async def test_an_existing_id_or_unknown_function_stores_nothing(redis_url: str)
         assert await a.conn.command("XLEN", a.keys.stream("f")) == 2
 
 
+async def test_max_queued_counts_the_entries_of_a_stream_whose_group_was_lost(
+    redis_url: str,
+) -> None:
+    """Before, a stream without its group (Redis lost it) counted 0 entries undelivered:
+    ``max_queued`` let every invoke in, and the queue's depth read 0."""
+    async with open_nodes(redis_url, "a") as [a]:
+        await a.register("f")
+
+        def capped(task_id: str) -> NewTask:
+            return NewTask(task_id, "f", 1.0, blob(task_id), None, max_queued=2)
+
+        assert await a.records.invoke_many([capped("t1")]) == [InvokeCode.STORED]
+        await a.conn.command("XGROUP", "DESTROY", a.keys.stream("f"), "workers")
+        codes = await a.records.invoke_many([capped("t2"), capped("t3")])
+        assert codes == [InvokeCode.STORED, InvokeCode.QUEUE_FULL]
+        assert (await a.queue.stats(["f"]))["f"] == QueueStats(depth=2, pending=0)
+
+
 async def test_a_delayed_task_waits_in_the_due_set(redis_url: str) -> None:
     async with open_nodes(redis_url, "a") as [a]:
         await a.register("f")

@@ -251,9 +251,10 @@ _piece(
     (),
     r"""
 -- Entries of stream q not yet delivered to any node, given its group (counting stops at
--- cap + 1 when deletions hide the group's lag).
+-- cap + 1 when deletions hide the group's lag). Without its group (lost with Redis'
+-- data, given back at the next read) none was delivered: all of them.
 local function undelivered(q, info, cap)
-  if not info then return 0 end
+  if not info then return redis.call('XLEN', q) end
   if info['lag'] then return info['lag'] end
   return #redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', cap + 1)
 end
