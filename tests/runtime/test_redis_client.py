@@ -105,4 +105,32 @@ async def test_a_burst_keeps_at_most_lane_size_idle_and_close_closes_them_all(
             ]
             assert len(conn._lane) == LANE_SIZE  # the rest went back to the pool
             assert await clients_named(admin, "burst") >= LANE_SIZE
+        # (the server may list a client a moment after its socket closed here)
+        for _ in range(500):
+            if await clients_named(admin, "burst") == 0:
+                break
+            await asyncio.sleep(0.01)
         assert await clients_named(admin, "burst") == 0
+
+
+async def test_a_call_cancelled_while_it_replaces_a_closed_connection_keeps_none(
+    redis_url: str,
+) -> None:
+    async with connection(redis_url) as conn, connection(redis_url, "admin") as admin:
+        pool = conn.client.connection_pool
+        assert await conn.run(ECHO, ["warm"]) == b"warm"
+        [idle] = conn._lane
+        assert await admin.command("CLIENT", "KILL", "USER", "default", "SKIPME", "no") >= 1
+        for _ in range(500):  # until the close reached the client
+            if await idle.can_read():
+                break
+            await asyncio.sleep(0.01)
+        call = asyncio.ensure_future(conn.run(ECHO, ["cut short"]))
+        await asyncio.sleep(0)  # it took the closed connection and is replacing it
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        # Before, the connection it held was in neither the lane nor the pool: one of the
+        # pool's MAX_CONNECTIONS gone for good (held "in use" by nobody) each time.
+        assert len(pool._in_use_connections) == len(conn._lane)  # type: ignore[attr-defined]
+        assert await conn.run(ECHO, ["next"]) == b"next"

@@ -190,3 +190,33 @@ async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_
         # Before, the wait answered a's Succeeded, refused in Redis: every read said Failed.
         assert record.status is TaskState.FAILED
         assert (await a.get(task_id)).status is TaskState.FAILED
+
+
+async def test_a_watch_on_a_task_retried_on_another_node_sees_its_end_at_once(
+    redis_url: str, no_poll: None
+) -> None:
+    gate = Gate()
+
+    async def fails(event: Any, ctx: Any) -> Any:
+        await gate.wait()
+        raise RuntimeError("the first attempt fails")
+
+    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("f", fails, max_retries=1, retry_backoff=0.01)
+    async with a, b:
+        task_id = await a.invoke("f", 1)  # taken by a in its invoke's call
+        await eventually(lambda: gate.entered == 1)
+
+        async def watch() -> list[TaskState]:
+            return [event.status async for event in a.watch(task_id)]
+
+        watching = asyncio.ensure_future(watch())
+        await eventually(lambda: task_id in a._waits.watched)  # it waits on a's task actor
+        a.unregister("f")  # the retry goes to b
+        b.register("f", echo, max_retries=1)
+        gate.open()
+        # Before, the Retrying event took the watcher's future, so a gave the task back as
+        # watched by nobody, and the watcher read a's copy (its write not in yet): b's
+        # Running and Succeeded were not announced, and came only with the next poll.
+        statuses = await asyncio.wait_for(watching, 4)
+        assert statuses[-3:] == [TaskState.RETRYING, TaskState.RUNNING, TaskState.SUCCEEDED]

@@ -199,6 +199,7 @@ class RedisConnection:
             clean = False
             try:
                 try:
+                    await _check_idle(connection)
                     result = await _call(connection, payload)
                 except NoScriptError:
                     await _call(connection, pack_command(("SCRIPT", "LOAD", script.source)))
@@ -215,19 +216,15 @@ class RedisConnection:
         return result
 
     async def _borrow(self) -> Any:
-        """An idle connection of the lane, else one from the pool (which may wait)."""
+        """An idle connection of the lane, else one from the pool (which may wait).
+
+        Nothing here may wait once a connection is taken from the lane: a cancellation
+        landing there would lose it (in neither the lane nor the pool, one of the pool's
+        ``MAX_CONNECTIONS`` held "in use" for good). Its check is the caller's, in the
+        ``try`` that gives it back (:func:`_check_idle`)."""
         if not self._lane:
             return await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        connection = self._lane.pop()
-        try:
-            # Redis closed it while idle (a restart), or it holds stray bytes: start afresh
-            # (the send connects again) rather than fail a call on a connection known bad.
-            if connection.is_connected and await connection.can_read():
-                await connection.disconnect()
-        except BaseException:  # (a cancellation while closing it: the pool gets it back)
-            await self._give_back(connection, clean=False)
-            raise
-        return connection
+        return self._lane.pop()
 
     async def _give_back(self, connection: Any, clean: bool) -> None:
         """Keep a clean connection for the next call; a call cut short (a timeout, a
@@ -366,6 +363,14 @@ class BlockingReader:
         if self._disconnecting is not None:
             await asyncio.wait([self._disconnecting])
         await self._client.aclose()
+
+
+async def _check_idle(connection: Any) -> None:
+    """A connection Redis closed while it was idle (a restart), or that holds stray bytes,
+    starts afresh (the send connects again) rather than fail a call on a connection
+    known bad."""
+    if connection.is_connected and await connection.can_read():
+        await connection.disconnect(nowait=True)
 
 
 async def _call(connection: Any, payload: bytes) -> Any:

@@ -182,12 +182,17 @@ class RedisStore:
     async def get(self, task_id: str, *, watch: bool = False) -> TaskRecord | None:
         """The freshest record: this node's copy, else Redis'. ``watch``: a waiter reads,
         and the task's changes are published from now on (``RecordStore.get``); a task
-        held here needs nothing published (its task actor tells the waiters here)."""
+        held here needs nothing published (its task actor tells the waiters here), one
+        given back here (a retry) does: Redis is asked too, and this node's copy is
+        answered while the release is not in Redis yet."""
         mine = self._mine(task_id)
-        if mine is not None:
+        if mine is not None and not (watch and self._given_back(task_id, mine)):
             return mine
         stored = await self.records.get(task_id, watch=watch)
-        return None if stored is None else self._unpack(stored.task_id, stored.blob)
+        theirs = None if stored is None else self._unpack(stored.task_id, stored.blob)
+        if mine is not None and (theirs is None or _older(theirs, mine)):
+            return mine  # the release is not in Redis yet: its interest was asked before it
+        return theirs
 
     async def get_watched(self, task_id: str) -> TaskRecord | None:
         """``get(task_id, watch=True)``: the read of a ``wait`` or a ``watch``."""
@@ -238,6 +243,14 @@ class RedisStore:
         """This node's copy of a task it holds, or ended or gave back with the write not
         in yet (fresher than Redis'), else None."""
         return self._held.get(task_id) or self._leaving.get(task_id)
+
+    def _given_back(self, task_id: str, mine: TaskRecord) -> bool:
+        """Whether ``mine`` is the copy of a task this node gave back unfinished (a retry),
+        its write not in Redis yet. A waiter that reads it must still ask for the task's
+        changes: the release carries WATCHED only for a waiter registered when it was
+        written, and a watcher between two reads is not (the event before the release
+        took its future), so the node that runs it next would announce nothing."""
+        return task_id not in self._held and not mine.is_terminal
 
     def _let_go(self, record: TaskRecord) -> None:
         """The task ends here, or goes back to the cluster: it is leaving until its write is in."""
@@ -338,3 +351,8 @@ def _real_monotonic(clock: Clock) -> Callable[[], float]:
 
 
 __all__ = ["RedisStore", "TaskState", "is_terminal_name"]
+
+
+def _older(theirs: TaskRecord, mine: TaskRecord) -> bool:
+    """Whether Redis' copy of a task lacks events of this node's (its write not in yet)."""
+    return len(theirs.raw_events()) < len(mine.raw_events())
