@@ -383,6 +383,9 @@ class ClusterTasks:
         if ref is not None:
             logger.warning("stint: task %s is no longer held by this node; dropped here", task_id)
             ref.stop()
+        # Its waiters here read this node's copy (and asked Redis for nothing): they read
+        # again now, from Redis, and ask to hear of its changes.
+        self.rt._waits.changed(task_id)
 
     def _changed(self, task_ids: list[str]) -> None:
         self._any_change.set()

@@ -15,7 +15,7 @@ import pytest
 
 from runtime import Runtime, TaskState
 from runtime.cluster import tasks as cluster_tasks
-from runtime.stores.redis import StoredRecord, Transition
+from runtime.stores.redis import StoredRecord, Transition, WriteCode, WriteResult
 from runtime.wire import pack_record, unpack_record
 from tests.conftest import eventually
 from tests.runtime.helpers import Gate
@@ -157,6 +157,19 @@ async def test_a_wait_answered_here_agrees_with_a_stop_that_won_in_redis(redis_u
         assert (await other.records.get(task_id)).status == "Stopped"  # type: ignore[union-attr]
 
 
+async def end_as_the_reclaimer(other: Node, running: StoredRecord) -> None:
+    """``other``, which took the task over (epoch + 1), ends it Failed."""
+    failed = unpack_record(running.blob)
+    failed.status = TaskState.FAILED
+    failed.ended_at = failed.started_at
+    theirs = Transition(
+        running.task_id, "Running", "other", running.epoch + 1, "Failed", pack_record(failed),
+        0, None, "f",
+    )  # fmt: skip
+    [result] = await other.records.transition([theirs], node="other")
+    assert result.ok
+
+
 async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_end(
     redis_url: str,
 ) -> None:
@@ -170,22 +183,7 @@ async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_
         await other.conn.command("HSET", key, "owner", "other", "epoch", running.epoch + 1)
         gate.open()
         await eventually(lambda: task_id not in a._live)
-        failed = unpack_record(running.blob)
-        failed.status = TaskState.FAILED
-        failed.ended_at = failed.started_at
-        theirs = Transition(
-            task_id,
-            "Running",
-            "other",
-            running.epoch + 1,
-            "Failed",
-            pack_record(failed),
-            0,
-            None,
-            "f",
-        )
-        [result] = await other.records.transition([theirs], node="other")
-        assert result.ok
+        await end_as_the_reclaimer(other, running)
         record = await waiting
         # Before, the wait answered a's Succeeded, refused in Redis: every read said Failed.
         assert record.status is TaskState.FAILED
@@ -220,3 +218,29 @@ async def test_a_watch_on_a_task_retried_on_another_node_sees_its_end_at_once(
         # Running and Succeeded were not announced, and came only with the next poll.
         statuses = await asyncio.wait_for(watching, 4)
         assert statuses[-3:] == [TaskState.RETRYING, TaskState.RUNNING, TaskState.SUCCEEDED]
+
+
+async def test_a_wait_on_a_task_this_node_lost_hears_of_its_end_elsewhere(
+    redis_url: str, no_poll: None
+) -> None:
+    """A write of a task held here is refused (fenced: another node reclaimed it) while
+    its attempt still runs: the task actor is dropped without ending. Before, nothing
+    told the wait here, which had read the local copy (and asked Redis for nothing): it
+    heard of the reclaimer's end only at its next poll."""
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id, running, waiting = await waited_on_while_running(a, gate, other)
+        await eventually(lambda: task_id in a._waits.watched)
+        key = other.keys.task(task_id)
+        await other.conn.command("HSET", key, "owner", "other", "epoch", running.epoch + 1)
+        fenced = WriteResult(WriteCode.FENCED, f"other {running.epoch + 1}")
+        stale = Transition(task_id, "Running", "a", running.epoch, "Running", b"", 0, None, "")
+        a._cluster.refused(task_id, stale, fenced)  # type: ignore[union-attr]  # (the writer's report)
+        await eventually(lambda: task_id not in a._live)
+        try:
+            await end_as_the_reclaimer(other, running)
+            assert (await waiting).status is TaskState.FAILED
+        finally:
+            gate.open()
