@@ -157,6 +157,32 @@ async def test_a_wait_answered_here_agrees_with_a_stop_that_won_in_redis(redis_u
         assert (await other.records.get(task_id)).status == "Stopped"  # type: ignore[union-attr]
 
 
+async def test_a_watch_here_ends_as_redis_has_it_when_a_stop_won_there(redis_url: str) -> None:
+    """Before, a watch on this node yielded the actor's Succeeded (this node's copy, its
+    write refused in Redis a moment later, where Stopped won) and ended there."""
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id, running, waiting = await waited_on_while_running(a, gate, other)
+
+        async def watch() -> list[TaskState]:
+            return [event.status async for event in a.watch(task_id)]
+
+        watching = asyncio.ensure_future(watch())
+        await eventually(lambda: len(a._waits.watched.get(task_id, [])) == 2)
+        stop = Transition(
+            task_id, "Running", running.owner, running.epoch, "Stopping", running.blob, 0, None, "s"
+        )
+        [result] = await other.records.transition([stop], node="other")
+        assert result.ok
+        gate.open()
+        seen = await asyncio.wait_for(watching, 5)
+        assert seen[-2:] == [TaskState.STOPPING, TaskState.STOPPED]
+        assert TaskState.SUCCEEDED not in seen
+        assert (await waiting).status is TaskState.STOPPED
+
+
 async def end_as_the_reclaimer(other: Node, running: StoredRecord) -> None:
     """``other``, which took the task over (epoch + 1), ends it Failed."""
     failed = unpack_record(running.blob)

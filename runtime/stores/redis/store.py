@@ -195,8 +195,17 @@ class RedisStore:
         return theirs
 
     async def get_watched(self, task_id: str) -> TaskRecord | None:
-        """``get(task_id, watch=True)``: the read of a ``wait`` or a ``watch``."""
-        return await self.get(task_id, watch=True)
+        """``get(task_id, watch=True)``: the read of a ``wait`` or a ``watch``. A task that
+        ended here is answered once its last write is in Redis, as Redis has it (a stop
+        that reached Redis first wins): a watcher would end on an end Redis refused."""
+        while True:
+            mine = self._mine(task_id)
+            if mine is None or not mine.is_terminal or task_id not in self._leaving:
+                return await self.get(task_id, watch=True)
+            landed = await self.landed(task_id, mine)
+            if landed is not None:
+                return landed
+            # refused: what this node writes instead (a Stopped), or Redis', next time round
 
     async def list(self, query: Query) -> builtins.list[TaskRecord]:
         start = query.start_after
