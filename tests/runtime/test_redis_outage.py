@@ -148,7 +148,9 @@ async def test_the_change_feed_resubscribes_and_reports_the_gap(
         await feed.start()
         try:
             await off_loop(server.restart)
-            await eventually(lambda: gaps == [1], timeout=10)
+            # (one gap, or more when a resubscription meets the server still loading;
+            # flaky at ~1 in 100 runs when it asked for exactly one)
+            await eventually(lambda: bool(gaps) and feed._subscribed.is_set(), timeout=10)
             await a.register("f")
             await a.publish_change("f", "after")
             await eventually(lambda: heard == ["after"])
