@@ -53,6 +53,7 @@ class ClusterHooks:
         stop_requested: Callable[[str], None],
         changed: Callable[[list[str]], None],
         gap: Callable[[], None],
+        lost: Callable[[list[str]], None],
         function_config: Callable[[str], bytes],
     ) -> None:
         self.served = served
@@ -62,6 +63,7 @@ class ClusterHooks:
         self.stop_requested = stop_requested
         self.changed = changed
         self.gap = gap
+        self.lost = lost  #: tasks held here that another node took over (see _came_back)
         self.function_config = function_config
 
 
@@ -236,10 +238,25 @@ class ClusterNode:
 
     def _came_back(self) -> None:
         """The lease had lapsed: Redis may have lost its data (a restart), so register again,
-        and take back what this node's pending lists hold that it does not know of."""
+        take back what this node's pending lists hold that it does not know of, and let go
+        of what it holds that others took over meanwhile."""
         for name in self._hooks.served():
             self.register_soon(name)
         self._adopt_own_pending_soon()
+        self._background.start(self._let_go_of_lost(), "stint-cluster-lost")
+
+    async def _let_go_of_lost(self) -> None:
+        """Tasks reclaimed while this node was out of touch are no longer its own: told now,
+        not at their next write (an attempt may run on for long), since until then this
+        node answers its own stale copy of them (its waiters, held here, ask Redis for
+        nothing, and hear nothing of the reclaimer's run)."""
+        try:
+            lost = await self.store.lost()
+        except StoreError as exc:
+            logger.warning("stint: could not check which tasks this node still holds: %s", exc)
+            return  # their next write is fenced, and tells the same
+        if lost:
+            self._hooks.lost(lost)
 
     def _known(self) -> set[str]:
         """Every task this node holds: live here, or ended here with its last write not in

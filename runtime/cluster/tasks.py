@@ -73,6 +73,7 @@ class ClusterTasks:
                 stop_requested=self.stop_requested,
                 changed=self._changed,
                 gap=self._gap,
+                lost=self._lost,
                 function_config=runtime._function_config,
             ),
         )
@@ -376,6 +377,13 @@ class ClusterTasks:
             record.ended_at = now
             record._events.append((NAME[S.STOPPED], now, detail))
         self.store.finished(record)  # (a wait on it here answers with this: store.landed)
+
+    def _lost(self, task_ids: list[str]) -> None:
+        """Tasks held here that another node took over while this node's lease had lapsed
+        (or that Redis no longer has): not ours any more, as when a write of one is fenced
+        (an attempt still running here is dropped; one that ended here is not written)."""
+        for task_id in task_ids:
+            self._drop_local(task_id)
 
     def _drop_local(self, task_id: str) -> None:
         self.store.drop(task_id)

@@ -16,6 +16,7 @@ import pytest
 from runtime import Runtime, TaskState
 from runtime.cluster import tasks as cluster_tasks
 from runtime.stores.redis import StoredRecord, Transition, WriteCode, WriteResult
+from runtime.stores.redis.nodes import Beat
 from runtime.wire import pack_record, unpack_record
 from tests.conftest import eventually
 from tests.runtime.helpers import Gate
@@ -270,3 +271,54 @@ async def test_a_wait_on_a_task_this_node_lost_hears_of_its_end_elsewhere(
             assert (await waiting).status is TaskState.FAILED
         finally:
             gate.open()
+
+
+async def test_a_node_back_from_a_lapse_lets_go_of_what_was_reclaimed_and_its_waiters_hear(
+    redis_url: str, no_poll: None
+) -> None:
+    """A node whose lease lapsed (its loop blocked, a SIGSTOP, a partition) while an
+    attempt ran: another node reclaimed the task and ended it. Before, the node came
+    back still holding its copy, and learned otherwise only when that attempt wrote (it
+    may run on for long): its wait and watch read that copy (asking Redis for nothing)
+    and heard nothing of the reclaimer's end, and its get said Running."""
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id, running, waiting = await waited_on_while_running(a, gate, other)
+
+        async def watch() -> list[TaskState]:
+            return [event.status async for event in a.watch(task_id)]
+
+        watching = asyncio.ensure_future(watch())
+        await eventually(lambda: len(a._waits.watched.get(task_id, [])) == 2)
+        assert a._cluster is not None
+        store = a._cluster.store
+        await other.conn.command("DEL", other.keys.node(store.node_id))  # the lease lapsed
+        key = other.keys.task(task_id)  # "other" reclaimed the task, and ended it
+        await other.conn.command("HSET", key, "owner", "other", "epoch", running.epoch + 1)
+        await end_as_the_reclaimer(other, running)
+        try:
+            assert await store.nodes.beat() is Beat.CAME_BACK
+            a._cluster.node._came_back()  # (what the heartbeat does when told so)
+            assert (await asyncio.wait_for(waiting, 4)).status is TaskState.FAILED
+            await asyncio.wait_for(watching, 4)  # (it ends as Redis has the task)
+            assert (await a.get(task_id)).status is TaskState.FAILED
+            assert task_id not in a._live
+        finally:
+            gate.open()
+
+
+async def test_a_node_back_from_a_lapse_keeps_what_is_still_its_own(redis_url: str) -> None:
+    gate = Gate()
+    a = Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, open_nodes(redis_url, "other") as [other]:
+        task_id, _, waiting = await waited_on_while_running(a, gate, other)
+        assert a._cluster is not None
+        assert await a._cluster.store.lost() == []
+        a._cluster.node._came_back()
+        await a._cluster.store.writer.flush(timeout=5.0)
+        assert task_id in a._live and a._cluster.store.holds(task_id)
+        gate.open()
+        assert (await asyncio.wait_for(waiting, 4)).status is TaskState.SUCCEEDED

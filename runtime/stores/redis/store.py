@@ -52,6 +52,7 @@ logger = logging.getLogger("stint")
 #: (task id, the write Redis refused, why): the runtime decides what that means for it.
 Refused = Callable[[str, Transition, WriteResult], None]
 _TERMINAL_NAMES = frozenset(NAME[state] for state in TERMINAL)
+_LOST_CHUNK = 500  # records read per round trip when a node checks what it holds
 
 
 class RedisStore:
@@ -274,6 +275,29 @@ class RedisStore:
 
     def holds(self, task_id: str) -> bool:
         return task_id in self._held
+
+    async def lost(self) -> builtins.list[str]:
+        """Tasks this node holds that Redis says it no longer does: another node took them
+        over (a reclaim while this node's lease had lapsed), or they are gone. Their next
+        write here would be fenced; until then this node would answer its stale copy.
+
+        A task taken again here while Redis was read (a new epoch) is not counted."""
+        epochs = {task_id: self._epoch(task_id) for task_id in self.writer.owned_ids()}
+        ids = sorted(epochs)
+        found: builtins.list[str] = []
+        for start in range(0, len(ids), _LOST_CHUNK):
+            chunk = ids[start : start + _LOST_CHUNK]
+            for task_id, stored in zip(chunk, await self.records.get_many(chunk), strict=True):
+                epoch = epochs[task_id]
+                if epoch is None or self._epoch(task_id) != epoch:
+                    continue  # let go, or taken again, meanwhile: not what was read
+                if stored is None or (stored.owner, stored.epoch) != (self.node_id, epoch):
+                    found.append(task_id)
+        return found
+
+    def _epoch(self, task_id: str) -> int | None:
+        owned = self.writer.ownership(task_id)
+        return None if owned is None else owned[0]
 
     async def stored(self, task_id: str) -> StoredRecord | None:
         """The record as Redis has it now, with the fields a compare-and-set names."""
