@@ -807,7 +807,7 @@ class Runtime:
             return TaskWatch(task_id, self._store.get, self._waits, poll=None)
         # elsewhere in a cluster: its changes published to this node, and looked at again
         cluster = self._cluster
-        return TaskWatch(task_id, cluster.store.get_watched, self._waits, poll=cluster.poll)
+        return TaskWatch(task_id, cluster.read_watched, self._waits, poll=cluster.poll)
 
     async def stop(self, task_id: Any) -> TaskRecord:
         """Stop a task; returns its record once Stopped.

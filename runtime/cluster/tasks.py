@@ -11,9 +11,11 @@ is that half of the runtime; the runtime calls it when its store is shared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors import ActorRef
 
@@ -33,6 +35,7 @@ from ..record import TaskRecord
 from ..registry import FunctionEntry
 from ..states import NAME, TaskState
 from ..stores.redis import scripts
+from ..stores.redis.client import StoreUnavailableError
 from ..stores.redis.queue import Claimed
 from ..stores.redis.records import StoredRecord, Transition, WriteCode, WriteResult
 from ..stores.redis.store import RedisStore, is_terminal_name
@@ -49,6 +52,7 @@ POLL = 1.0  # seconds between looks at a task held elsewhere (notifications may 
 _QUEUED_NOW = frozenset({"Enqueued", "Dequeued"})
 _WAKE = Wake()
 _FIRST = asyncio.FIRST_COMPLETED
+_T = TypeVar("_T")
 
 
 class ClusterTasks:
@@ -60,6 +64,7 @@ class ClusterTasks:
         self.node_id = store.node_id
         self._detached: dict[str, FunctionEntry] = {}
         self._any_change = asyncio.Event()  # some task changed somewhere (for join)
+        self._back = asyncio.Event()  # set (and replaced) when the change feed is back
         assert runtime._system is not None
         self.node = ClusterNode(
             store,
@@ -234,21 +239,37 @@ class ClusterTasks:
                         waits.forget(task_id, waiter)
                         waits.forget_finished(task_id, ended)
         except TimeoutError:
-            now = await self.rt._store.get(task_id)
-            status = now.status if now is not None else "unknown"
+            status = "unknown"
+            with contextlib.suppress(StoreError):  # (Redis away: the timeout is the news)
+                now = await self.rt._store.get(task_id)
+                status = now.status if now is not None else status
             raise WaitTimeoutError(
                 f"task {task_id} is still {status} after {timeout} s; wait longer, "
                 "or stop it with rt.stop"
             ) from None
 
+    async def read_watched(self, task_id: str) -> TaskRecord | None:
+        """The read of a ``wait`` or a ``watch`` (``RedisStore.get_watched``), an outage
+        ridden out."""
+        return await self._reach(lambda: self.store.get_watched(task_id))
+
+    async def _reach(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        """``read()``, an outage ridden out: a waiter keeps waiting, as promised, until its
+        own timeout, and reads again as soon as the change feed is back (so is Redis),
+        or after POLL."""
+        while True:
+            back = self._back  # (taken before the read: a comeback during it counts)
+            try:
+                return await read()
+            except StoreUnavailableError:
+                if not self.rt.started:
+                    raise RuntimeClosedError("the runtime closed while waiting") from None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL):
+                        await back.wait()
+
     async def _read(self, task_id: str) -> TaskRecord:
-        try:
-            record = await self.store.get_watched(task_id)
-        except StoreError:
-            await asyncio.sleep(POLL)  # Redis is away: keep waiting, as promised
-            record = await self.store.get_watched(task_id) if self.rt.started else None
-            if record is None:
-                raise RuntimeClosedError("the runtime closed while waiting") from None
+        record = await self.read_watched(task_id)
         if record is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r} in the cluster: check the id; finished tasks "
@@ -262,7 +283,7 @@ class ClusterTasks:
             async with asyncio.timeout(timeout):
                 while True:
                     self._any_change.clear()
-                    if not await self.store.records.count_unfinished(name, join=True):
+                    if not await self._reach(lambda: self._count_unfinished(name)):
                         return
                     # woken by the next write anywhere, and looking again anyway
                     change = asyncio.ensure_future(self._any_change.wait())
@@ -273,6 +294,9 @@ class ClusterTasks:
         except TimeoutError:
             what = f"function {name!r}" if name else "the cluster"
             raise WaitTimeoutError(f"{what} still has unfinished tasks after {timeout} s") from None
+
+    def _count_unfinished(self, name: str | None) -> Awaitable[int]:
+        return self.store.records.count_unfinished(name, join=True)
 
     async def delete_function(self, name: str) -> bool:
         """Remove ``name`` cluster-wide; its queued tasks become Invalid ("function deleted")."""
@@ -402,6 +426,12 @@ class ClusterTasks:
             waits.changed(task_id)
 
     def _gap(self) -> None:
+        """The change feed is back after a break: what it missed meanwhile went unheard,
+        so every waiter here looks again now (and renews its interest: Redis may have
+        lost it), joins too, and so do reads that found Redis away."""
+        self._any_change.set()
+        back, self._back = self._back, asyncio.Event()
+        back.set()
         waits = self.rt._waits
         for task_id in list(waits.watched):
             waits.changed(task_id)

@@ -9,6 +9,7 @@ runs), the wait answers what the cluster decided instead.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,8 +20,10 @@ from runtime.stores.redis import StoredRecord, Transition, WriteCode, WriteResul
 from runtime.stores.redis.nodes import Beat
 from runtime.wire import pack_record, unpack_record
 from tests.conftest import eventually
+from tests.redis_server import RedisServer
 from tests.runtime.helpers import Gate
 from tests.runtime.redis_helpers import Node, open_nodes
+from tests.runtime.test_redis_outage import off_loop
 
 pytestmark = pytest.mark.redis
 
@@ -322,3 +325,63 @@ async def test_a_node_back_from_a_lapse_keeps_what_is_still_its_own(redis_url: s
         assert task_id in a._live and a._cluster.store.holds(task_id)
         gate.open()
         assert (await asyncio.wait_for(waiting, 4)).status is TaskState.SUCCEEDED
+
+
+async def test_a_wait_a_watch_and_a_join_ride_out_an_outage(
+    make_redis_server: Callable[[], RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away for several polls while a task runs elsewhere. Before, a wait raised
+    StoreUnavailableError at its second failed read (its promise: keep waiting until
+    its own timeout), and a watch (the HTTP event stream, 'stint invoke --wait') and a
+    join at their first."""
+    monkeypatch.setattr(cluster_tasks, "POLL", 0.05)
+    server = make_redis_server()
+    url = server.url + "?prefix=w&lease=5"
+    gate = Gate()
+    a, client = Runtime(store=url), Runtime(store=url)
+    a.register("f", gate.handler)
+    async with a, client:
+        task_id = await client.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+
+        async def watch() -> list[TaskState]:
+            return [event.status async for event in client.watch(task_id)]
+
+        waiting = asyncio.ensure_future(client.wait(task_id, timeout=20))
+        watching = asyncio.ensure_future(watch())
+        joining = asyncio.ensure_future(client.join("f", timeout=20))
+        await eventually(lambda: len(client._waits.watched.get(task_id, [])) == 2)
+        assert client._cluster is not None
+        conn = client._cluster.store.conn
+        await off_loop(server.stop)
+        await eventually(lambda: conn.failures >= 6, timeout=10)  # every one has read, and failed
+        await off_loop(server.start)
+        gate.open()
+        assert (await asyncio.wait_for(waiting, 10)).status is TaskState.SUCCEEDED
+        assert (await asyncio.wait_for(watching, 10))[-1] is TaskState.SUCCEEDED
+        await asyncio.wait_for(joining, 10)
+
+
+async def test_a_join_counts_again_when_the_change_feed_is_back(
+    redis_url: str, no_poll: None
+) -> None:
+    """The change feed reports a gap (it resubscribed after a break: what was published
+    meanwhile went unheard). Before, only the waits and watches looked again; a join
+    heard of an end announced during the gap only at its next poll."""
+    gate = Gate()
+    a, client = Runtime(store=redis_url), Runtime(store=redis_url)
+    a.register("f", gate.handler)
+    async with a, client, open_nodes(redis_url, "reader") as [reader]:
+        task_id = await client.invoke("f", 1)
+        await eventually(lambda: gate.entered == 1)
+        joining = asyncio.ensure_future(client.join("f", timeout=5))
+        await key_exists(reader, reader.keys.joining)
+        assert client._cluster is not None
+        feed = client._cluster.node._feed
+        heard, feed._on_change = feed._on_change, lambda ids: None  # (the break: unheard)
+        gate.open()
+        await stored_as(reader, task_id, "Succeeded")
+        feed._on_change = heard
+        assert not joining.done()
+        client._cluster._gap()  # what the feed calls once subscribed again
+        await asyncio.wait_for(joining, 4)
