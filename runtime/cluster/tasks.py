@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -251,7 +252,7 @@ class ClusterTasks:
     async def read_watched(self, task_id: str) -> TaskRecord | None:
         """The read of a ``wait`` or a ``watch`` (``RedisStore.get_watched``), an outage
         ridden out."""
-        return await self._reach(lambda: self.store.get_watched(task_id))
+        return await self._reach(functools.partial(self.store.get_watched, task_id))
 
     async def _reach(self, read: Callable[[], Awaitable[_T]]) -> _T:
         """``read()``, an outage ridden out: a waiter keeps waiting, as promised, until its
@@ -279,11 +280,12 @@ class ClusterTasks:
 
     async def join(self, name: str | None, timeout: float | None) -> None:
         """Until the cluster holds no unfinished task (of ``name``)."""
+        count = functools.partial(self.store.records.count_unfinished, name, join=True)
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     self._any_change.clear()
-                    if not await self._reach(lambda: self._count_unfinished(name)):
+                    if not await self._reach(count):
                         return
                     # woken by the next write anywhere, and looking again anyway
                     change = asyncio.ensure_future(self._any_change.wait())
@@ -294,9 +296,6 @@ class ClusterTasks:
         except TimeoutError:
             what = f"function {name!r}" if name else "the cluster"
             raise WaitTimeoutError(f"{what} still has unfinished tasks after {timeout} s") from None
-
-    def _count_unfinished(self, name: str | None) -> Awaitable[int]:
-        return self.store.records.count_unfinished(name, join=True)
 
     async def delete_function(self, name: str) -> bool:
         """Remove ``name`` cluster-wide; its queued tasks become Invalid ("function deleted")."""

@@ -9,7 +9,8 @@ runs), the wait answers what the cluster decided instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -32,6 +33,15 @@ async def echo(event: Any, ctx: Any) -> Any:
     return event
 
 
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Look every 10 ms (each look a Redis read) until ``check()`` holds, for 5 s."""
+    for _ in range(500):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} never came")
+
+
 async def stored_as(node: Node, task_id: str, status: str) -> StoredRecord:
     """The record as Redis has it, once it says ``status``."""
     found: list[StoredRecord] = []
@@ -41,11 +51,17 @@ async def stored_as(node: Node, task_id: str, status: str) -> StoredRecord:
         found[:] = [stored] if stored is not None else []
         return stored is not None and stored.status == status
 
-    for _ in range(500):
-        if await check():
-            return found[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{task_id} never became {status} in Redis: {found}")
+    await until(check, f"{task_id} in Redis as {status}")
+    return found[0]
+
+
+def watched(rt: Runtime, task_id: str) -> asyncio.Future[list[TaskState]]:
+    """``rt.watch(task_id)`` under way: the states it yields, once it ends."""
+
+    async def watch() -> list[TaskState]:
+        return [event.status async for event in rt.watch(task_id)]
+
+    return asyncio.ensure_future(watch())
 
 
 async def waited_on_while_running(
@@ -76,11 +92,8 @@ async def test_a_client_is_told_of_an_end_it_waits_watches_or_joins_for(
         task_id = await client.invoke("f", 1)
         await eventually(lambda: gate.entered == 1)
 
-        async def watch() -> list[TaskState]:
-            return [event.status async for event in client.watch(task_id)]
-
         waiting = asyncio.ensure_future(client.wait(task_id, timeout=5))
-        watching = asyncio.ensure_future(watch())
+        watching = watched(client, task_id)
         joining = asyncio.ensure_future(client.join("f", timeout=5))
         await eventually(lambda: len(client._waits.watched.get(task_id, [])) == 2)
         for key in (reader.keys.watched(task_id), reader.keys.joining):  # (their reads asked)
@@ -108,32 +121,43 @@ async def test_a_client_stop_returns_once_the_owner_wrote_stopped(
 
 
 async def key_exists(node: Node, key: str) -> None:
-    for _ in range(500):
-        if await node.conn.command("EXISTS", key):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{key} never appeared")
+    async def check() -> bool:
+        return bool(await node.conn.command("EXISTS", key))
+
+    await until(check, key)
 
 
-async def test_a_wait_on_a_task_retried_on_another_node_returns_its_end(
-    redis_url: str, no_poll: None
-) -> None:
+@contextlib.asynccontextmanager
+async def failing_on_a(url: str) -> AsyncIterator[tuple[Runtime, str, Callable[[], None]]]:
+    """Node ``a`` runs a task's first attempt, held until ``retry_on_b()``, which fails it
+    and has its retry go to node ``b`` (a stops serving the function, b serves it)."""
     gate = Gate()
 
     async def fails(event: Any, ctx: Any) -> Any:
         await gate.wait()
         raise RuntimeError("the first attempt fails")
 
-    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
+    a, b = Runtime(store=url), Runtime(store=url)
     a.register("f", fails, max_retries=1, retry_backoff=0.01)
     async with a, b:
         task_id = await a.invoke("f", 1)  # taken by a in its invoke's call
         await eventually(lambda: gate.entered == 1)
+
+        def retry_on_b() -> None:
+            a.unregister("f")
+            b.register("f", echo, max_retries=1)
+            gate.open()
+
+        yield a, task_id, retry_on_b
+
+
+async def test_a_wait_on_a_task_retried_on_another_node_returns_its_end(
+    redis_url: str, no_poll: None
+) -> None:
+    async with failing_on_a(redis_url) as (a, task_id, retry_on_b):
         waiting = asyncio.ensure_future(a.wait(task_id, timeout=4))
         await asyncio.sleep(0)  # the wait starts while a holds the task
-        a.unregister("f")  # the retry goes to b
-        b.register("f", echo, max_retries=1)
-        gate.open()
+        retry_on_b()
         # Before, the wait waited for a's task actor, which gave the task back for its
         # retry and never ended it: WaitTimeoutError (or, without a timeout, forever).
         record = await waiting
@@ -170,10 +194,7 @@ async def test_a_watch_here_ends_as_redis_has_it_when_a_stop_won_there(redis_url
     async with a, open_nodes(redis_url, "other") as [other]:
         task_id, running, waiting = await waited_on_while_running(a, gate, other)
 
-        async def watch() -> list[TaskState]:
-            return [event.status async for event in a.watch(task_id)]
-
-        watching = asyncio.ensure_future(watch())
+        watching = watched(a, task_id)
         await eventually(lambda: len(a._waits.watched.get(task_id, [])) == 2)
         stop = Transition(
             task_id, "Running", running.owner, running.epoch, "Stopping", running.blob, 0, None, "s"
@@ -223,26 +244,10 @@ async def test_a_wait_on_a_task_reclaimed_from_this_node_answers_the_reclaimers_
 async def test_a_watch_on_a_task_retried_on_another_node_sees_its_end_at_once(
     redis_url: str, no_poll: None
 ) -> None:
-    gate = Gate()
-
-    async def fails(event: Any, ctx: Any) -> Any:
-        await gate.wait()
-        raise RuntimeError("the first attempt fails")
-
-    a, b = Runtime(store=redis_url), Runtime(store=redis_url)
-    a.register("f", fails, max_retries=1, retry_backoff=0.01)
-    async with a, b:
-        task_id = await a.invoke("f", 1)  # taken by a in its invoke's call
-        await eventually(lambda: gate.entered == 1)
-
-        async def watch() -> list[TaskState]:
-            return [event.status async for event in a.watch(task_id)]
-
-        watching = asyncio.ensure_future(watch())
+    async with failing_on_a(redis_url) as (a, task_id, retry_on_b):
+        watching = watched(a, task_id)
         await eventually(lambda: task_id in a._waits.watched)  # it waits on a's task actor
-        a.unregister("f")  # the retry goes to b
-        b.register("f", echo, max_retries=1)
-        gate.open()
+        retry_on_b()
         # Before, the Retrying event took the watcher's future, so a gave the task back as
         # watched by nobody, and the watcher read a's copy (its write not in yet): b's
         # Running and Succeeded were not announced, and came only with the next poll.
@@ -290,10 +295,7 @@ async def test_a_node_back_from_a_lapse_lets_go_of_what_was_reclaimed_and_its_wa
     async with a, open_nodes(redis_url, "other") as [other]:
         task_id, running, waiting = await waited_on_while_running(a, gate, other)
 
-        async def watch() -> list[TaskState]:
-            return [event.status async for event in a.watch(task_id)]
-
-        watching = asyncio.ensure_future(watch())
+        watching = watched(a, task_id)
         await eventually(lambda: len(a._waits.watched.get(task_id, [])) == 2)
         assert a._cluster is not None
         store = a._cluster.store
@@ -344,11 +346,8 @@ async def test_a_wait_a_watch_and_a_join_ride_out_an_outage(
         task_id = await client.invoke("f", 1)
         await eventually(lambda: gate.entered == 1)
 
-        async def watch() -> list[TaskState]:
-            return [event.status async for event in client.watch(task_id)]
-
         waiting = asyncio.ensure_future(client.wait(task_id, timeout=20))
-        watching = asyncio.ensure_future(watch())
+        watching = watched(client, task_id)
         joining = asyncio.ensure_future(client.join("f", timeout=20))
         await eventually(lambda: len(client._waits.watched.get(task_id, [])) == 2)
         assert client._cluster is not None

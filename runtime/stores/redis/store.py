@@ -180,33 +180,40 @@ class RedisStore:
         self._let_go(record)
         self.writer.put(record.task_id, NAME[record.status], record, scripts.FINAL)
 
-    async def get(self, task_id: str, *, watch: bool = False) -> TaskRecord | None:
-        """The freshest record: this node's copy, else Redis'. ``watch``: a waiter reads,
-        and the task's changes are published from now on (``RecordStore.get``); a task
-        held here needs nothing published (its task actor tells the waiters here), one
-        given back here (a retry) does: Redis is asked too, and this node's copy is
-        answered while the release is not in Redis yet."""
+    async def get(self, task_id: str) -> TaskRecord | None:
         mine = self._mine(task_id)
-        if mine is not None and not (watch and self._given_back(task_id, mine)):
+        if mine is not None:
             return mine
-        stored = await self.records.get(task_id, watch=watch)
-        theirs = None if stored is None else self._unpack(stored.task_id, stored.blob)
-        if mine is not None and (theirs is None or _older(theirs, mine)):
-            return mine  # the release is not in Redis yet: its interest was asked before it
-        return theirs
+        return await self._read(task_id)
 
     async def get_watched(self, task_id: str) -> TaskRecord | None:
-        """``get(task_id, watch=True)``: the read of a ``wait`` or a ``watch``. A task that
-        ended here is answered once its last write is in Redis, as Redis has it (a stop
-        that reached Redis first wins): a watcher would end on an end Redis refused."""
+        """The read of a ``wait`` or a ``watch``: ``get``, and the task's changes are
+        published from now on (``RecordStore.get(watch=True)``), except for a task held
+        here (its task actor tells the waiters here).
+
+        A task that ended here is answered once its last write is in Redis, as Redis has
+        it (a stop that reached Redis first wins): a watcher would end on an end Redis
+        refused. One given back here unfinished (a retry) is asked of Redis too: the
+        release carries WATCHED only for a waiter registered when it was written, and a
+        watcher between two reads is not (the event before the release took its
+        future); this node's copy is answered while the release is not in Redis yet."""
         while True:
             mine = self._mine(task_id)
-            if mine is None or not mine.is_terminal or task_id not in self._leaving:
-                return await self.get(task_id, watch=True)
+            if mine is None:
+                return await self._read(task_id, watch=True)
+            if task_id in self._held:
+                return mine
+            if not mine.is_terminal:
+                theirs = await self._read(task_id, watch=True)
+                return mine if theirs is None or _older(theirs, mine) else theirs
             landed = await self.landed(task_id, mine)
             if landed is not None:
                 return landed
             # refused: what this node writes instead (a Stopped), or Redis', next time round
+
+    async def _read(self, task_id: str, *, watch: bool = False) -> TaskRecord | None:
+        stored = await self.records.get(task_id, watch=watch)
+        return None if stored is None else self._unpack(stored.task_id, stored.blob)
 
     async def list(self, query: Query) -> builtins.list[TaskRecord]:
         start = query.start_after
@@ -253,14 +260,6 @@ class RedisStore:
         """This node's copy of a task it holds, or ended or gave back with the write not
         in yet (fresher than Redis'), else None."""
         return self._held.get(task_id) or self._leaving.get(task_id)
-
-    def _given_back(self, task_id: str, mine: TaskRecord) -> bool:
-        """Whether ``mine`` is the copy of a task this node gave back unfinished (a retry),
-        its write not in Redis yet. A waiter that reads it must still ask for the task's
-        changes: the release carries WATCHED only for a waiter registered when it was
-        written, and a watcher between two reads is not (the event before the release
-        took its future), so the node that runs it next would announce nothing."""
-        return task_id not in self._held and not mine.is_terminal
 
     def _let_go(self, record: TaskRecord) -> None:
         """The task ends here, or goes back to the cluster: it is leaving until its write is in."""
